@@ -1,0 +1,70 @@
+"""Process-level facts featx needs in one place: where its cache lives, and Keras.
+
+Keras (and through it the backend) is imported lazily, so ``featx backbones``,
+the store and the decoder work — and fail with a useful message — on a
+machine where no backend is installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from pathlib import Path
+
+from .errors import MissingDependencyError
+
+__all__ = ["featx_home", "import_keras", "sha256_file"]
+
+_BACKEND_EXTRAS = {
+    "tensorflow": "pip install 'featx[cpu]'   (tensorflow-cpu; or 'featx[gpu]' for CUDA)",
+    "jax": "pip install 'featx[jax]'",
+    "torch": "pip install 'featx[torch]'",
+}
+
+
+def featx_home() -> Path:
+    """featx's cache folder: ``$FEATX_HOME``, else ``~/.cache/featx``; created on demand.
+
+    Examples
+    --------
+    >>> from featx._env import featx_home
+    >>> featx_home().is_dir()
+    True
+    """
+    root = Path(os.environ.get("FEATX_HOME") or Path.home() / ".cache" / "featx").expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@functools.lru_cache(maxsize=None)
+def import_keras():
+    """Import Keras 3, or say which extra installs a backend for it.
+
+    TensorFlow's C++ start-up chatter is silenced unless the user set
+    ``TF_CPP_MIN_LOG_LEVEL`` themselves.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    try:
+        import keras
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or "keras"
+        hint = _BACKEND_EXTRAS.get(backend, _BACKEND_EXTRAS["tensorflow"])
+        raise MissingDependencyError(
+            f"featx needs Keras 3 with a backend (KERAS_BACKEND={backend!r}); "
+            f"importing it failed on {missing!r}. Install one: {hint}") from exc
+    major = int(keras.__version__.split(".")[0])
+    if major < 3:
+        raise MissingDependencyError(
+            f"featx needs Keras >= 3, found {keras.__version__}: pip install 'keras>=3'")
+    return keras
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's content, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,29 @@
+"""Backbones: name → frozen Keras model + preprocessing + fingerprint.
+
+See :func:`get_backbone` and :func:`list_backbones`; the table of families is
+:data:`featx.backbones.registry.BACKBONES`.
+"""
+
+from .base import (
+    Backbone,
+    decode_predictions,
+    get_backbone,
+    imagenet_class_names,
+    offline_available,
+)
+from .preprocessing import Preprocessing, get_preprocessing
+from .registry import BACKBONES, BackboneSpec, get_spec, list_backbones
+
+__all__ = [
+    "Backbone",
+    "BackboneSpec",
+    "BACKBONES",
+    "Preprocessing",
+    "decode_predictions",
+    "get_backbone",
+    "get_preprocessing",
+    "get_spec",
+    "imagenet_class_names",
+    "list_backbones",
+    "offline_available",
+]

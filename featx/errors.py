@@ -1,0 +1,50 @@
+"""Every error featx raises on purpose derives from :class:`FeatxError`.
+
+Messages say what was expected, what was received, and — where a file is
+involved — which file, so that a user can act without reading a traceback.
+"""
+
+from __future__ import annotations
+
+
+class FeatxError(Exception):
+    """Base class of all errors featx raises deliberately."""
+
+
+class UnknownBackboneError(FeatxError, KeyError):
+    """A backbone name that is not in the registry.
+
+    Subclasses ``KeyError`` too, so ``except KeyError`` around a lookup keeps
+    working. ``str()`` gives the plain message (``KeyError`` would quote it).
+    """
+
+    def __str__(self) -> str:  # KeyError.__str__ adds quotes; keep the message readable
+        return str(self.args[0]) if self.args else ""
+
+
+class MissingDependencyError(FeatxError, ImportError):
+    """An optional package is needed for what was asked; the message names the install command."""
+
+
+class WeightsUnavailableError(FeatxError):
+    """Pretrained weights cannot be obtained (no network, no cache, package not installed)."""
+
+
+class WeightsMismatchError(FeatxError, ValueError):
+    """A weights file does not fit the architecture; the message names the first mismatching layer."""
+
+
+class UnsafePickleError(FeatxError):
+    """A pickle stream asked for a global outside the reader's allow-list; nothing was executed."""
+
+
+class ImageDecodeError(FeatxError, ValueError):
+    """An image file or array could not be turned into pixels; the message names the source."""
+
+
+class StoreError(FeatxError):
+    """The HDF5 embedding store is damaged, locked, of another format version, or misused."""
+
+
+class FingerprintMismatchError(StoreError):
+    """Vectors of one backbone fingerprint were about to be mixed with another's."""
