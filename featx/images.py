@@ -59,6 +59,7 @@ __all__ = [
     "DecodeInfo",
     "Source",
     "as_sources",
+    "check_decode_options",
     "decode_image",
     "decode_image_with_info",
     "list_images",
@@ -217,8 +218,9 @@ def list_images(root: str | os.PathLike, *, recursive: bool = True) -> list[str]
                         if recursive:
                             pending.append(entry.path)
                         continue
+                    # is_file() follows links: file links count, folder/broken links don't.
                     if (os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
-                            and entry.is_file()):  # follows file links; drops dir links, broken links
+                            and entry.is_file()):
                         found.append(entry.path)
         except OSError as exc:
             # Skipping an unreadable class folder silently would skew a dataset.
@@ -335,14 +337,13 @@ def as_sources(x: Any) -> list[Source]:
             f"input: expected a uint8 array (N, H, W) or (N, H, W, C) with C in 1, 3, 4; "
             f"received shape {x.shape} (wrap one image as img[None])")
 
-    if hasattr(x, "to_numpy") and not isinstance(x, np.ndarray):  # pandas Series / Index
-        items: Sequence[Any] = list(x.to_numpy(dtype=object))
-    elif isinstance(x, np.ndarray):
+    items: Sequence[Any]
+    if isinstance(x, np.ndarray):
         if x.ndim != 1:
             raise ImageDecodeError(
                 f"input: expected a 1-D array of paths; received shape {x.shape}")
         items = x.tolist()
-    elif isinstance(x, Iterable):
+    elif isinstance(x, Iterable):  # list, tuple, pandas Series (its values), generators
         items = list(x)
     else:
         raise ImageDecodeError(
@@ -537,6 +538,33 @@ def _check_policy(policy: Any) -> None:
             f"policy must be one of {', '.join(map(repr, RESIZE_POLICIES))}; received {policy!r}")
 
 
+def check_decode_options(size: Any, policy: Any = "squash") -> tuple[int, int]:
+    """Validate ``size`` and ``policy`` once, before decoding many images.
+
+    :func:`decode_image` checks them too, but a caller that skips images which
+    fail to decode should not skip *every* image because of a bad option:
+    call this first, outside the skip.
+
+    Returns
+    -------
+    tuple of int
+        ``(height, width)`` as plain ints.
+
+    Raises
+    ------
+    ImageDecodeError
+        ``size`` is not two positive integers, or ``policy`` is unknown.
+
+    Examples
+    --------
+    >>> check_decode_options((224, 224), "crop")
+    (224, 224)
+    """
+    size = _check_size(size)
+    _check_policy(policy)
+    return size
+
+
 def _draft_scale(w: int, h: int, tw: int, th: int, policy: str) -> int:
     """Largest JPEG DCT reduction (1, 2, 4, 8) that leaves the resize enough pixels.
 
@@ -561,6 +589,10 @@ def _valid_box(method: Image.Transpose | None, dw: int, dh: int,
     the last decoded column/row is partly padding; Pillow reports the true extent
     as a float box. Orientation moves that box to another corner.
     """
+    return tuple(map(float, _moved_box(method, dw, dh, vw, vh)))
+
+
+def _moved_box(method, dw, dh, vw, vh):
     T = Image.Transpose
     if method is None:
         return (0.0, 0.0, vw, vh)
@@ -627,7 +659,11 @@ def _composite_on_white(img: Image.Image) -> Image.Image:
 
 
 def _to_working_mode(img: Image.Image) -> Image.Image:
-    """Any Pillow mode → ``L`` or ``RGB``; gray stays 1-channel through the resize (3x less work)."""
+    """Any Pillow mode → ``L`` or ``RGB``.
+
+    Gray stays one channel through the resize (a third of the work) and becomes
+    RGB at the end.
+    """
     mode = img.mode
     if mode in ("L", "RGB"):
         if "transparency" in img.info:  # tRNS colour key in a gray/RGB PNG
@@ -777,7 +813,8 @@ def _decode_bytes(data: bytes, th: int, tw: int, policy: str,
             img.load()
         except MemoryError:
             raise
-        except Image.DecompressionBombError as exc:  # TIFF tiles, GIF frames check on load
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            # TIFF tiles and GIF frames are checked again on load.
             raise _bomb_error(label, None, exc) from exc
         except Exception as exc:
             raise ImageDecodeError(
@@ -839,8 +876,7 @@ def decode_image_with_info(source: Source | str | os.PathLike | bytes | np.ndarr
     >>> x.shape, info.draft_scale, info.decoded_size
     ((224, 224, 3), 4, (250, 500))
     """
-    th, tw = _check_size(size)
-    _check_policy(policy)
+    th, tw = check_decode_options(size, policy)
     label, payload = _resolve(source, name)
     if isinstance(payload, np.ndarray):
         return _decode_array(payload, th, tw, policy, label)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import doctest
 import hashlib
+import io
 import os
 import shutil
 import warnings
@@ -23,6 +24,7 @@ from featx.images import (
     IMAGE_EXTENSIONS,
     Source,
     as_sources,
+    check_decode_options,
     decode_image,
     decode_image_with_info,
     list_images,
@@ -237,8 +239,14 @@ def test_non_square_target_is_height_width(tmp_path):
     ((10, 10), "stretch"),
 ])
 def test_bad_size_or_policy(size, policy):
-    with pytest.raises(ImageDecodeError, match="expected|must be"):
+    with pytest.raises(ImageDecodeError, match="must be"):
+        check_decode_options(size, policy)
+    with pytest.raises(ImageDecodeError, match="must be"):
         decode_image(np.zeros((4, 4), np.uint8), size, policy=policy)
+
+
+def test_check_decode_options_normalises():
+    assert check_decode_options((np.int64(224), 160), "pad") == (224, 160)
 
 
 # --------------------------------------------------------------------------- orientation
@@ -315,14 +323,45 @@ def test_jpeg_draft_per_policy_on_a_panorama(tmp_path, policy, scale):
     assert x.shape == (224, 224, 3)
 
 
-def test_jpeg_draft_with_odd_size_and_rotation_matches_full_decode(tmp_path):
-    # 4001 x 2003 at 1/8 leaves a partial last column/row; orientation 6 moves it.
-    path = gen.save(gen.gradient((4001, 2003)), tmp_path / "odd.jpg", quality=90,
-                    exif=gen.exif_with_orientation(6))
-    x, info = decode_image_with_info(path, (96, 64))
-    assert info.draft_scale == 8 and info.oriented_size == (501, 251)
-    diff = np.abs(x.astype(int) - _reference(path, (96, 64)).astype(int))
-    assert diff.mean() < 1.5
+@pytest.fixture(scope="module")
+def odd_checker_jpegs() -> dict[int, bytes]:
+    """4007 x 2007 checkerboard JPEGs, identical pixels, one per EXIF orientation.
+
+    At 1/8 scale libjpeg rounds 4007 up to 501 decoded columns, the last one
+    mostly padding; each orientation moves that partial column/row to another
+    edge. A sharp pattern shows a misplaced valid area as a shifted edge.
+    """
+    yy, xx = np.mgrid[:2007, :4007]
+    img = Image.fromarray((((yy // 200) + (xx // 200)) % 2 * 255).astype(np.uint8))
+    return {o: gen.encoded(img, "JPEG", quality=95, exif=gen.exif_with_orientation(o))
+            for o in ORIENTATIONS}
+
+
+# upright = UPRIGHT[o](stored), in numpy terms
+UPRIGHT = {
+    1: lambda a: a, 2: np.fliplr, 3: lambda a: np.rot90(a, 2), 4: np.flipud,
+    5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a.transpose(1, 0, 2), 2), 8: lambda a: np.rot90(a, 1),
+}
+
+
+def test_drafted_decode_matches_a_full_decode(odd_checker_jpegs):
+    data = odd_checker_jpegs[1]
+    x, info = decode_image_with_info(data, (224, 224))
+    assert info.draft_scale == 8 and info.decoded_size == (251, 501)
+    with Image.open(io.BytesIO(data)) as img:
+        full = np.asarray(img.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR))
+    assert np.abs(x.astype(int) - full.astype(int)).mean() < 1.4
+
+
+@pytest.mark.parametrize("orientation", sorted(ORIENTATIONS))
+def test_drafted_decode_is_exactly_orientation_equivariant(odd_checker_jpegs, orientation):
+    # Same pixels, only the EXIF tag differs: the result must be the upright-rotated
+    # result of orientation 1 (squash to a square commutes with the rotation).
+    upright = decode_image(odd_checker_jpegs[1], (224, 224))
+    x, info = decode_image_with_info(odd_checker_jpegs[orientation], (224, 224))
+    assert info.draft_scale == 8
+    assert np.array_equal(x, UPRIGHT[orientation](upright))
 
 
 @pytest.mark.parametrize("stored, target, policy, expected", [
@@ -435,6 +474,7 @@ def test_bomb_guard_off_when_pillow_limit_is_none(tmp_path, monkeypatch):
     assert _center(decode_image(path, (8, 8))) == RED
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
 def test_damaged_exif_does_not_fail_the_image(tmp_path):
     path = gen.save(gen.solid("RGB", RED, (32, 32)), tmp_path / "x.jpg",
                     exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff")

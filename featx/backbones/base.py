@@ -159,13 +159,16 @@ class Backbone:
         return self.preprocessing(images)
 
     def describe(self) -> dict:
-        """JSON-ready description; stored beside the vectors in an EmbeddingStore."""
+        """JSON-ready description; stored beside the vectors in an EmbeddingStore.
+
+        Only facts that decide the vectors go in (no local file paths), so the
+        same backbone built on two machines describes itself identically.
+        """
         return {
             **self._identity(),
             "fingerprint": self.fingerprint,
             "dim": self.dim,
             "weights_kind": self.weights.kind,
-            "weights_source": self.weights.source,
             "family": self.spec.family,
             "preprocessing_params": self.preprocessing.to_dict(),
         }
