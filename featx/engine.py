@@ -29,6 +29,7 @@ import queue
 import sys
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -107,6 +108,21 @@ def clear_memo() -> None:
 
 
 # ----------------------------------------------------------------- forward pass
+
+
+_FORWARD_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _forward_for(model, batch_shape: Tuple[int, ...]):
+    """The compiled forward of ``model`` at ``batch_shape``, built once per model and shape.
+
+    Many Embedders share one backbone in a grid search; compiling per Embedder
+    would retrace the same graph for each.
+    """
+    per_model = _FORWARD_CACHE.setdefault(model, {})
+    if batch_shape not in per_model:
+        per_model[batch_shape] = _compiled_forward(model, batch_shape)
+    return per_model[batch_shape]
 
 
 def _compiled_forward(model, batch_shape: Tuple[int, ...]):
@@ -259,7 +275,7 @@ class Embedder:
     def _forward_batch(self, pixels: np.ndarray) -> np.ndarray:
         if self._forward is None:
             shape = (self.batch_size, *self.backbone.input_shape)
-            self._forward = _compiled_forward(self.backbone.model, shape)
+            self._forward = _forward_for(self.backbone.model, shape)
         n = len(pixels)
         if n < self.batch_size:  # pad to the one compiled shape
             pad = np.zeros((self.batch_size - n, *pixels.shape[1:]), dtype=np.float32)

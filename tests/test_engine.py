@@ -1,0 +1,301 @@
+"""The extraction engine: correctness, caching, crash safety, concurrency, bad input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import featx
+from featx.engine import Embedder, clear_memo
+from featx.errors import FeatxError, ImageDecodeError
+from featx.images import decode_image
+from featx.store import EmbeddingStore
+
+SIZE = 32
+BACKBONE_ARGS = dict(name="mobilenet_v2", weights=None, input_size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def bb():
+    return featx.get_backbone(**BACKBONE_ARGS)
+
+
+def make_jpegs(folder, n, seed=0, size=(48, 40)):
+    """``n`` distinct small JPEGs (random colour blocks) under ``folder``."""
+    rng = np.random.RandomState(seed)
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for i in range(n):
+        blocks = rng.randint(0, 256, (4, 4, 3)).astype(np.uint8)
+        image = Image.fromarray(blocks).resize(size, Image.Resampling.NEAREST)
+        path = os.path.join(folder, f"img_{i:04d}.jpg")
+        image.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def direct_vectors(bb, paths):
+    """The backbone called directly on the same decoded, preprocessed batch."""
+    pixels = np.stack([decode_image(p, (bb.input_size, bb.input_size)) for p in paths])
+    return np.asarray(bb.model(bb.preprocess(pixels), training=False))
+
+
+def test_vectors_equal_a_direct_call_in_input_order(bb, tmp_path):
+    paths = make_jpegs(tmp_path / "imgs", 21)
+    shuffled = [paths[i] for i in np.random.RandomState(1).permutation(len(paths))]
+    emb = Embedder(bb, batch_size=8, progress=False)
+    X = emb.embed(shuffled)
+    assert X.dtype == np.float32 and X.shape == (21, bb.dim)
+    np.testing.assert_allclose(X, direct_vectors(bb, shuffled), atol=1e-5)
+
+
+def test_second_pass_forwards_nothing_even_after_renames_and_copies(bb, tmp_path):
+    paths = make_jpegs(tmp_path / "imgs", 210, seed=2)
+    store_path = str(tmp_path / "emb.h5")
+    first = Embedder(bb, store=store_path, batch_size=32, progress=False)
+    X1 = first.embed(paths)
+    assert first.stats["forwarded"] == 210 and first.stats["cache_hits"] == 0
+
+    # Rename half, copy the rest into another folder: identity is content, not path.
+    moved = []
+    for i, p in enumerate(paths):
+        if i % 2:
+            target = os.path.join(tmp_path, "renamed", f"x_{i}.jpeg")
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.move(p, target)
+        else:
+            target = os.path.join(tmp_path, "copied", os.path.basename(p))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copy(p, target)
+        moved.append(target)
+    second = Embedder(bb, store=store_path, batch_size=32, progress=False)
+    X2 = second.embed(moved)
+    assert second.stats["forwarded"] == 0
+    assert second.stats["cache_hits"] == 210
+    np.testing.assert_array_equal(X1, X2)
+
+    # An edited file misses the cache; everything else still hits.
+    with Image.open(moved[0]) as im:
+        im.rotate(90).save(moved[0])
+    third = Embedder(bb, store=store_path, batch_size=32, progress=False)
+    third.embed(moved)
+    assert third.stats["forwarded"] == 1
+
+
+def test_duplicates_within_a_call_are_forwarded_once(bb, tmp_path):
+    paths = make_jpegs(tmp_path / "imgs", 10)
+    clear_memo()
+    emb = Embedder(bb, batch_size=4, progress=False)
+    X = emb.embed(paths + paths[:3] + paths)
+    assert emb.stats["unique"] == 10 and emb.stats["forwarded"] == 10
+    np.testing.assert_array_equal(X[:10], X[13:])
+    np.testing.assert_array_equal(X[:3], X[10:13])
+
+
+def test_without_a_store_the_process_memo_prevents_re_embedding(bb, tmp_path):
+    paths = make_jpegs(tmp_path / "imgs", 12)
+    clear_memo()
+    Embedder(bb, batch_size=8, progress=False).embed(paths)
+    again = Embedder(bb, batch_size=8, progress=False)
+    again.embed(paths[::-1])
+    assert again.stats["forwarded"] == 0 and again.stats["cache_hits"] == 12
+
+
+def test_uint8_arrays_are_sources_too(bb):
+    images = np.random.RandomState(3).randint(0, 256, (5, SIZE, SIZE, 3)).astype(np.uint8)
+    emb = Embedder(bb, batch_size=4, progress=False)
+    X = emb.embed(images)
+    expected = np.asarray(bb.model(bb.preprocess(images), training=False))
+    np.testing.assert_allclose(X, expected, atol=1e-5)
+
+
+def test_float16_store_round_trips_within_1e3_relative(bb, tmp_path):
+    # (File size halving is measured by tests/test_store.py on 4000 x 1280 rows.)
+    paths = make_jpegs(tmp_path / "imgs", 64, seed=4)
+    f32, f16 = str(tmp_path / "f32.h5"), str(tmp_path / "f16.h5")
+    X32 = Embedder(bb, store=EmbeddingStore(f32), progress=False).embed(paths)
+    Embedder(bb, store=EmbeddingStore(f16, dtype="float16"), progress=False).embed(paths)
+    again = Embedder(bb, store=EmbeddingStore(f16, dtype="float16"), progress=False)
+    X16 = again.embed(paths)
+    assert again.stats["forwarded"] == 0
+    scale = np.maximum(np.abs(X32), 1e-2)
+    assert np.max(np.abs(X16 - X32) / scale) < 1e-3
+    size32 = EmbeddingStore(f32).info()["backbones"][0]
+    size16 = EmbeddingStore(f16).info()["backbones"][0]
+    assert size16["dtype"] == "float16" and size32["dtype"] == "float32"
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def make_bad_inputs(folder):
+    """One file per kind of bad input, plus good images around them."""
+    os.makedirs(folder, exist_ok=True)
+    good = make_jpegs(os.path.join(folder, "good"), 6, seed=5)
+    data = open(good[0], "rb").read()
+    bad = {}
+    bad["truncated"] = os.path.join(folder, "truncated.jpg")
+    open(bad["truncated"], "wb").write(data[: len(data) // 2])
+    bad["zero_byte"] = os.path.join(folder, "empty.jpg")
+    open(bad["zero_byte"], "wb").close()
+    bad["text_as_jpg"] = os.path.join(folder, "notes.jpg")
+    open(bad["text_as_jpg"], "w").write("this is not an image\n" * 20)
+    bad["missing"] = os.path.join(folder, "does_not_exist.jpg")
+    bad["bomb"] = os.path.join(folder, "bomb.png")
+    Image.new("L", (4000, 4000)).save(bad["bomb"])  # 16 MP; the test lowers the limit
+    return good, bad
+
+
+BAD_KINDS = ["truncated", "zero_byte", "text_as_jpg", "missing", "bomb"]
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_bad_input_raises_naming_the_file_and_keeps_committed_rows(bb, tmp_path, kind, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
+    good, bad = make_bad_inputs(tmp_path / "in")
+    store_path = str(tmp_path / "emb.h5")
+    emb = Embedder(bb, store=store_path, batch_size=2, progress=False, workers=1)
+    before = emb.embed(good[:4])  # committed by an earlier run
+    with pytest.raises(FeatxError) as info:
+        emb.embed(good + [bad[kind]])
+    assert os.path.basename(bad[kind]) in str(info.value)
+    with EmbeddingStore(store_path) as store:
+        store.verify()
+        assert 4 <= store.count(bb.fingerprint) <= len(good)
+    np.testing.assert_array_equal(np.stack(list(_stored_vectors(store_path, bb, good[:4]).values())),
+                                  before)
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_bad_input_is_skipped_counted_and_nan(bb, tmp_path, kind, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
+    good, bad = make_bad_inputs(tmp_path / "in")
+    sources = good[:3] + [bad[kind]] + good[3:]
+    emb = Embedder(bb, store=str(tmp_path / "emb.h5"), on_error="skip", progress=False)
+    X, mask = emb.embed(sources, return_mask=True)
+    assert mask.tolist() == [True, True, True, False, True, True, True]
+    assert np.isnan(X[3]).all() and np.isfinite(X[mask]).all()
+    assert emb.stats["failed"] == 1
+    assert [f.index for f in emb.failures_] == [3]
+    assert emb.failures_[0].source == bad[kind] and emb.failures_[0].reason
+
+
+def test_duplicate_bad_files_fail_together_in_skip_mode(bb, tmp_path):
+    _, bad = make_bad_inputs(tmp_path / "in")
+    copy = str(tmp_path / "in" / "notes_copy.jpg")
+    shutil.copy(bad["text_as_jpg"], copy)
+    emb = Embedder(bb, on_error="skip", progress=False)
+    _, mask = emb.embed([bad["text_as_jpg"], copy], return_mask=True)
+    assert not mask.any() and emb.stats["failed"] == 2
+
+
+def test_invalid_arguments_are_refused_up_front(bb):
+    with pytest.raises(FeatxError, match="on_error"):
+        Embedder(bb, on_error="ignore")
+    with pytest.raises(FeatxError, match="policy"):
+        Embedder(bb, policy="stretch")
+    with pytest.raises(ImageDecodeError):
+        Embedder(bb).embed(np.zeros((2, 8, 8, 3), dtype=np.float32))
+
+
+# --------------------------------------------------------------------------- crash safety
+
+CHILD = textwrap.dedent("""
+    import sys, time, featx
+    from featx.engine import Embedder
+    store_path, listing, batch_size, slow = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    paths = open(listing).read().split()
+    bb = featx.get_backbone("mobilenet_v2", weights=None, input_size=%d)
+    emb = Embedder(bb, store=store_path, batch_size=batch_size, progress=False)
+    if slow:  # give the parent time to kill us between and during batches
+        original = emb._forward_batch
+        def slowed(x):
+            time.sleep(slow)
+            return original(x)
+        emb._forward_batch = slowed
+    print("READY", flush=True)
+    emb.embed(paths)
+    print("DONE", emb.stats["forwarded"], flush=True)
+""" % SIZE)
+
+
+def _spawn(tmp_path, store_path, paths, batch_size=8, slow=0.05, name="list.txt"):
+    listing = tmp_path / name
+    listing.write_text("\n".join(paths))
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    return subprocess.Popen([sys.executable, str(script), store_path, str(listing),
+                             str(batch_size), str(slow)], stdout=subprocess.PIPE, text=True)
+
+
+def _count(store_path, fingerprint):
+    if not os.path.exists(store_path):
+        return 0
+    return EmbeddingStore(store_path, readonly=True).count(fingerprint)
+
+
+def test_sigkill_mid_extraction_keeps_committed_rows_and_resume_forwards_the_rest(bb, tmp_path):
+    paths = make_jpegs(tmp_path / "imgs", 96, seed=6)
+    expected = dict(zip(paths, direct_vectors(bb, paths)))
+    store_path = str(tmp_path / "emb.h5")
+    killed_at = []
+    for threshold in (1, 30, 60):  # early, middle, late; the kill lands wherever the child is
+        child = _spawn(tmp_path, store_path, paths)
+        child.stdout.readline()  # READY
+        deadline = time.time() + 120
+        while _count(store_path, bb.fingerprint) < threshold and child.poll() is None:
+            assert time.time() < deadline, "child made no progress"
+            time.sleep(0.005)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        with EmbeddingStore(store_path) as store:
+            store.verify()
+            committed = store.count(bb.fingerprint)
+        killed_at.append(committed)
+        # Every committed row is intact: compare each stored vector with the truth.
+        stored = _stored_vectors(store_path, bb, paths)
+        assert len(stored) == committed
+        for path, vec in stored.items():
+            np.testing.assert_allclose(vec, expected[path], atol=1e-5)
+    assert killed_at == sorted(killed_at) and killed_at[-1] < len(paths), killed_at
+    final = Embedder(bb, store=store_path, batch_size=8, progress=False)
+    final.embed(paths)
+    assert final.stats["forwarded"] == len(paths) - killed_at[-1]
+    with EmbeddingStore(store_path) as store:
+        store.verify()
+        assert store.count(bb.fingerprint) == len(paths)
+
+
+def _stored_vectors(store_path, bb, paths):
+    from featx.images import source_key
+
+    keys = [source_key(p) for p in paths]
+    vectors, found = EmbeddingStore(store_path, readonly=True).get(bb.fingerprint, keys)
+    return {p: v for p, v, ok in zip(paths, vectors, found) if ok}
+
+
+def test_two_processes_embedding_overlapping_sets_store_each_key_once(bb, tmp_path):
+    paths = make_jpegs(tmp_path / "imgs", 80, seed=7)
+    store_path = str(tmp_path / "emb.h5")
+    a = _spawn(tmp_path, store_path, paths[:50], slow=0.01, name="a.txt")
+    b = _spawn(tmp_path, store_path, paths[30:], slow=0.01, name="b.txt")
+    outs = [p.communicate(timeout=300)[0] for p in (a, b)]
+    assert all(p.returncode == 0 for p in (a, b)), outs
+    with EmbeddingStore(store_path) as store:
+        report = store.verify()
+        assert store.count(bb.fingerprint) == 80
+    forwarded = sum(int(out.split("DONE")[1].split()[0]) for out in outs)
+    assert 80 <= forwarded <= 100  # the overlap may be forwarded twice, but stored once
+    assert report
+    np.testing.assert_allclose(
+        np.stack(list(_stored_vectors(store_path, bb, paths).values())),
+        direct_vectors(bb, paths), atol=1e-5)
