@@ -185,13 +185,20 @@ class Embedder:
         How images are fitted to the input size (see :func:`featx.images.decode_image`).
     workers : int, optional
         Threads that read, hash and decode (default: CPU count, at least 2).
+    exclusive_forward : bool, default True
+        With a store: hold its writer lock from the re-check of a batch's keys to
+        their ``put``, so processes sharing one store never forward the same image
+        twice (a grid search with ``n_jobs > 1``).  On one machine this costs
+        little — one forward already uses every core.  False lets processes
+        forward in parallel at the price of possible duplicate work.
 
     Attributes
     ----------
     stats : dict
         Counters of the last ``embed`` call: images, unique, cache_hits,
         forwarded, failed, and seconds spent in read_s, decode_s (summed over
-        threads), forward_s, write_s, wait_s (forward waiting for decode), total_s.
+        threads), lookup_s, forward_s, write_s, lock_s (waiting for the store's
+        writer lock), wait_s (forward waiting for decode), total_s.
     failures_ : list of EmbedFailure
         Inputs skipped by the last call (``on_error="skip"``).
     mask_ : numpy.ndarray of bool
@@ -210,7 +217,8 @@ class Embedder:
 
     def __init__(self, backbone: Union[Backbone, str], store=None, batch_size: int = 32,
                  on_error: str = "raise", progress: Optional[bool] = None,
-                 policy: str = "squash", workers: Optional[int] = None):
+                 policy: str = "squash", workers: Optional[int] = None,
+                 exclusive_forward: bool = True):
         if isinstance(backbone, str):
             backbone = get_backbone(backbone)
         if not isinstance(backbone, Backbone):
@@ -232,8 +240,8 @@ class Embedder:
         self.stats: Dict[str, float] = {}
         self.failures_: List[EmbedFailure] = []
         self.mask_ = np.zeros(0, dtype=bool)
+        self.exclusive_forward = bool(exclusive_forward)
         self._forward = None
-        self._store_lock = threading.Lock()
 
     # -- public -------------------------------------------------------------
 
@@ -284,13 +292,8 @@ class Embedder:
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_forward"] = None
-        state["_store_lock"] = None
+        state["_forward"] = None  # compiled functions do not pickle; rebuilt on first use
         return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._store_lock = threading.Lock()
 
 
 _DONE = object()
@@ -313,7 +316,7 @@ class _Run:
         self.failed_keys: Dict[bytes, BaseException] = {}
         self.stats = dict(images=n, unique=0, cache_hits=0, forwarded=0, failed=0,
                           read_s=0.0, decode_s=0.0, forward_s=0.0, write_s=0.0,
-                          lookup_s=0.0, wait_s=0.0)
+                          lookup_s=0.0, lock_s=0.0, wait_s=0.0)
         self.queue: "queue.Queue" = queue.Queue(maxsize=3)
         self.stop = threading.Event()
         self.error: Optional[BaseException] = None
@@ -427,8 +430,7 @@ class _Run:
         rest = list(keys)
         if rest:
             t = time.perf_counter()
-            with self.e._store_lock:
-                vectors, ok = store.get(fp, rest)
+            vectors, ok = store.get(fp, rest)
             self.stats["lookup_s"] += time.perf_counter() - t
             for key, vec, hit in zip(rest, vectors, ok):
                 if hit:
@@ -496,31 +498,56 @@ class _Run:
                 self.stats["wait_s"] += time.perf_counter() - t
                 if batch is _DONE:
                     break
-                t = time.perf_counter()
-                vectors = self.e._forward_batch(batch.pixels)
-                self.stats["forward_s"] += time.perf_counter() - t
-                if not np.all(np.isfinite(vectors)):
-                    bad = int((~np.isfinite(vectors).all(axis=1)).sum())
-                    raise FeatxError(f"{self.bb.name} produced non-finite vectors for {bad} "
-                                     "image(s); nothing of this batch was stored")
-                self._write(batch.keys, vectors)
-                self.stats["forwarded"] += len(batch.keys)
-                for key, vec in zip(batch.keys, vectors):
-                    self._deliver(key, vec)
+                store = self.e.store
+                if store is None:
+                    self._forward_and_deliver(batch.keys, batch.pixels)
+                elif self.e.exclusive_forward:
+                    t = time.perf_counter()
+                    with store.exclusive():
+                        self.stats["lock_s"] += time.perf_counter() - t
+                        self._forward_missing(batch)
+                else:
+                    self._forward_missing(batch)
         finally:
             self.stop.set()
             producer.join()
         if self.error is not None:
             raise self.error
 
-    def _write(self, keys: List[bytes], vectors: np.ndarray) -> None:
-        fp = self.bb.fingerprint
-        store = self.e.store
+    def _forward_missing(self, batch: _Batch) -> None:
+        """Re-check the store (another process may have stored some keys since the
+        lookup), forward the rest, put them."""
+        store, fp = self.e.store, self.bb.fingerprint
+        t = time.perf_counter()
+        vectors, found = store.get(fp, batch.keys)
+        self.stats["lookup_s"] += time.perf_counter() - t
+        keys, pixels = batch.keys, batch.pixels
+        if found.any():
+            for key, vec, hit in zip(keys, vectors, found):
+                if hit:
+                    self.stats["cache_hits"] += 1
+                    self._deliver(key, vec)
+            keep = np.flatnonzero(~found)
+            keys, pixels = [keys[i] for i in keep], pixels[keep]
+        if keys:
+            self._forward_and_deliver(keys, pixels)
+
+    def _forward_and_deliver(self, keys: List[bytes], pixels: np.ndarray) -> None:
+        t = time.perf_counter()
+        vectors = self.e._forward_batch(pixels)
+        self.stats["forward_s"] += time.perf_counter() - t
+        if not np.all(np.isfinite(vectors)):
+            bad = int((~np.isfinite(vectors).all(axis=1)).sum())
+            raise FeatxError(f"{self.bb.name} produced non-finite vectors for {bad} "
+                             "image(s); nothing of this batch was stored")
+        fp, store = self.bb.fingerprint, self.e.store
         if store is None:
             for key, vec in zip(keys, vectors):
                 _MEMO.put(fp, key, vec)
-            return
-        t = time.perf_counter()
-        with self.e._store_lock:
-            store.put(fp, keys, vectors, spec=self.spec)
-        self.stats["write_s"] += time.perf_counter() - t
+        else:
+            t = time.perf_counter()
+            store.put(fp, keys, vectors, spec=self.spec, forwarded=len(keys))
+            self.stats["write_s"] += time.perf_counter() - t
+        self.stats["forwarded"] += len(keys)
+        for key, vec in zip(keys, vectors):
+            self._deliver(key, vec)

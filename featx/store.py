@@ -6,7 +6,7 @@ Layout of a store file (format version :data:`STORE_VERSION`)::
     /backbones/<fingerprint>/      one group per backbone fingerprint (64 lowercase hex chars)
         keys     (A, 32) uint8     sha256 digests of image content, one row per vector
         vectors  (A, dim) f4 | f2  the embeddings, in the storage dtype of the group
-        crc      (A,) uint32       CRC-32 of each row's key bytes followed by its stored vector bytes
+        crc      (A,) uint32       CRC-32 of each row's key bytes, then its stored vector bytes
         attrs: spec (JSON of the backbone spec), dim, dtype ("float32" | "float16"),
                committed (rows a reader may trust), created (ISO-8601 UTC), uid (random hex)
 
@@ -25,14 +25,19 @@ Concurrency: the HDF5 file is opened per operation (``h5py.File(..., locking=Fal
 closed at its end, so an :class:`EmbeddingStore` holds a path and a few parameters and
 pickles. A sidecar ``<path>.lock`` file is locked with :func:`fcntl.flock`: exclusive for
 writers (:meth:`~EmbeddingStore.put`, :meth:`~EmbeddingStore.merge_from`), shared for
-readers. ``flock`` is advisory and works on local file systems; on NFS it depends on the
-mount (Linux ≥ 2.6.12 emulates it with POSIX byte-range locks).
+readers. A second sidecar, ``<path>.lock.gate``, is a turnstile that a waiting writer
+holds, so a stream of readers cannot starve it. ``flock`` is advisory and works on local
+file systems; on NFS it depends on the mount (Linux ≥ 2.6.12 emulates it with POSIX
+byte-range locks). Within one process, store objects on the same path exclude each other
+the same way (each operation opens its own lock descriptors); one object serialises its
+own operations with a thread lock.
 
 This module never imports TensorFlow or Keras.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import fcntl
 import json
@@ -64,7 +69,7 @@ STORE_VERSION = 1
 KEY_BYTES = 32
 #: Storage dtypes a group may have.
 SUPPORTED_DTYPES = ("float32", "float16")
-#: Spec fields that are free-form (ignored when a later ``put`` compares its spec with the stored one).
+#: Free-form spec fields: ignored when a later ``put`` compares its spec with the stored one.
 SPEC_FREE_FIELDS = frozenset({"description", "notes", "featx_version", "created"})
 
 _ROOT = "backbones"
@@ -122,30 +127,41 @@ def _as_keys(keys: Any) -> np.ndarray:
         if keys.dtype == np.uint8 and keys.ndim == 2 and keys.shape[1] == KEY_BYTES:
             return np.ascontiguousarray(keys)
         if keys.dtype.kind in "SV" and keys.dtype.itemsize == KEY_BYTES and keys.ndim == 1:
-            return np.frombuffer(np.ascontiguousarray(keys).tobytes(), np.uint8).reshape(-1, KEY_BYTES)
+            return np.frombuffer(np.ascontiguousarray(keys).tobytes(), np.uint8).reshape(
+                -1, KEY_BYTES
+            )
         if keys.size == 0:
             return np.empty((0, KEY_BYTES), np.uint8)
         raise StoreError(
-            f"keys must be an (n, {KEY_BYTES}) uint8 array or a sequence of {KEY_BYTES}-byte digests, "
-            f"got an array of dtype {keys.dtype} and shape {keys.shape}"
+            f"keys must be an (n, {KEY_BYTES}) uint8 array or a sequence of {KEY_BYTES}-byte "
+            f"digests, got an array of dtype {keys.dtype} and shape {keys.shape}"
         )
     if isinstance(keys, (bytes, bytearray, memoryview, str)):
         raise StoreError(
-            f"keys must be a sequence of {KEY_BYTES}-byte digests, got a single {type(keys).__name__}; "
-            "wrap one key in a list"
+            f"keys must be a sequence of {KEY_BYTES}-byte digests, got a single "
+            f"{type(keys).__name__}; wrap one key in a list"
         )
     try:
         keys = list(keys)
     except TypeError as exc:
-        raise StoreError(f"keys must be a sequence of {KEY_BYTES}-byte digests, got {type(keys).__name__}") from exc
+        raise StoreError(
+            f"keys must be a sequence of {KEY_BYTES}-byte digests, got {type(keys).__name__}"
+        ) from exc
     if not keys:
         return np.empty((0, KEY_BYTES), np.uint8)
-    bad = [i for i, k in enumerate(keys) if not isinstance(k, (bytes, bytearray, memoryview)) or len(k) != KEY_BYTES]
+    bad = [
+        i
+        for i, k in enumerate(keys)
+        if not isinstance(k, (bytes, bytearray, memoryview)) or len(k) != KEY_BYTES
+    ]
     if bad:
         k = keys[bad[0]]
-        got = f"{len(k)} bytes" if isinstance(k, (bytes, bytearray, memoryview)) else type(k).__name__
+        got = (
+            f"{len(k)} bytes" if isinstance(k, (bytes, bytearray, memoryview)) else type(k).__name__
+        )
         raise StoreError(
-            f"{len(bad)} of {len(keys)} keys are not {KEY_BYTES}-byte digests (first: index {bad[0]}, {got})"
+            f"{len(bad)} of {len(keys)} keys are not {KEY_BYTES}-byte digests (first: index "
+            f"{bad[0]}, {got})"
         )
     return np.frombuffer(b"".join(keys), np.uint8).reshape(-1, KEY_BYTES)
 
@@ -165,7 +181,10 @@ def _row_crcs(keys_u8: np.ndarray, stored: np.ndarray) -> np.ndarray:
     rb = stored.shape[1] * stored.dtype.itemsize
     crc32 = zlib.crc32
     return np.fromiter(
-        (crc32(vb[i * rb : (i + 1) * rb], crc32(kb[i * KEY_BYTES : (i + 1) * KEY_BYTES])) for i in range(n)),
+        (
+            crc32(vb[i * rb : (i + 1) * rb], crc32(kb[i * KEY_BYTES : (i + 1) * KEY_BYTES]))
+            for i in range(n)
+        ),
         dtype=np.uint32,
         count=n,
     )
@@ -177,7 +196,9 @@ def _canonical_spec(spec: Any) -> tuple[dict, str]:
     try:
         text = json.dumps(dict(spec), sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise StoreError(f"spec must be JSON-serializable (str/int/float/bool/None/list/dict): {exc}") from exc
+        raise StoreError(
+            f"spec must be JSON-serializable (str/int/float/bool/None/list/dict): {exc}"
+        ) from exc
     return json.loads(text), text
 
 
@@ -212,7 +233,9 @@ def _grown_capacity(cap: int, need: int, chunk: int, row_bytes: int) -> int:
 
 
 def _runs(rows: np.ndarray, gap: int, max_rows: int) -> list[tuple[int, int, int, int]]:
-    """Split sorted unique rows into slabs ``(lo, hi, i0, i1)``: read ``[lo, hi)``, use ``rows[i0:i1]``.
+    """Split sorted unique rows into slabs ``(lo, hi, i0, i1)``.
+
+    Read ``[lo, hi)``, use ``rows[i0:i1]``.
 
     Rows at most ``gap`` apart share a slab; a slab spans at most ``max_rows`` rows.
     """
@@ -246,53 +269,82 @@ def _now_iso() -> str:
 
 
 class _FileLock:
-    """``flock`` on a sidecar file, polled until ``timeout`` seconds have passed."""
+    """A writer-preferring readers-writer lock made of two ``flock``-ed sidecar files.
+
+    ``<path>.lock`` is the lock proper: shared for readers, exclusive for writers.
+    ``<path>.lock.gate`` is a turnstile: a writer holds it exclusively while it waits for
+    ``<path>.lock``; readers pass through it (shared, released at once) before taking their
+    shared lock. So a waiting writer stops new readers and gets in as soon as the current
+    ones finish, instead of starving behind readers that keep overlapping. Locks are polled
+    (non-blocking ``flock``) until ``timeout`` seconds have passed; the OS drops the locks
+    of a process that dies.
+    """
 
     def __init__(self, lock_path: str, data_path: str, exclusive: bool, timeout: float):
         self.lock_path = lock_path
+        self.gate_path = lock_path + ".gate"
         self.data_path = data_path
         self.exclusive = exclusive
         self.timeout = timeout
         self.fd: int | None = None
 
-    def __enter__(self) -> "_FileLock":
+    def _open(self, path: str) -> int | None:
         try:
-            self.fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         except OSError as exc:
             if self.exclusive:
                 raise StoreError(
-                    f"cannot create the lock file {self.lock_path!r} for writing to {self.data_path!r}: "
-                    f"{exc.strerror or exc}"
+                    f"cannot create the lock file {path!r} for writing to "
+                    f"{self.data_path!r}: {exc.strerror or exc}"
                 ) from exc
-            try:  # a reader on read-only media: use an existing lock file if there is one
-                self.fd = os.open(self.lock_path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                self.fd = None  # nobody can write there either; read without a lock
-                return self
-        op = fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH
-        deadline = time.monotonic() + self.timeout
+        try:  # a reader on read-only media: use an existing lock file if there is one
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None  # nobody can write there either: read without a lock
+
+    def _acquire(self, fd: int, op: int, deadline: float) -> None:
         delay = 0.0005
         while True:
             try:
-                fcntl.flock(self.fd, op | fcntl.LOCK_NB)
-                return self
+                fcntl.flock(fd, op | fcntl.LOCK_NB)
+                return
             except BlockingIOError:
                 pass
             except OSError as exc:
-                self._close()
                 raise StoreError(f"cannot lock {self.lock_path!r}: {exc.strerror or exc}") from exc
             left = deadline - time.monotonic()
             if left <= 0:
-                self._close()
                 kind = "exclusive" if self.exclusive else "shared"
                 who = "is reading or writing" if self.exclusive else "is writing to"
                 raise StoreError(
-                    f"timed out after {self.timeout:g} s waiting for the {kind} lock on {self.lock_path!r}: "
-                    f"another process {who} {self.data_path!r}. Wait for it to finish, or pass a larger "
-                    "lock_timeout to EmbeddingStore (a lock held by a dead process is released by the OS)."
+                    f"timed out after {self.timeout:g} s waiting for the {kind} lock on "
+                    f"{self.lock_path!r}: another process {who} {self.data_path!r}. Wait for it "
+                    "to finish, or pass a larger lock_timeout to EmbeddingStore (a lock held by "
+                    "a dead process is released by the OS)."
                 )
             time.sleep(min(delay, left))
             delay = min(delay * 2, 0.005)
+
+    def __enter__(self) -> "_FileLock":
+        deadline = time.monotonic() + self.timeout
+        self.fd = self._open(self.lock_path)
+        if self.fd is None:
+            return self
+        gate = self._open(self.gate_path)
+        try:
+            if gate is not None:
+                self._acquire(gate, fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH, deadline)
+                if not self.exclusive:
+                    os.close(gate)  # a reader only passes through the turnstile
+                    gate = None
+            self._acquire(self.fd, fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH, deadline)
+        except BaseException:
+            self._close()
+            raise
+        finally:
+            if gate is not None:
+                os.close(gate)  # a writer holding the lock lets readers queue behind it again
+        return self
 
     def _close(self) -> None:
         if self.fd is not None:
@@ -347,7 +399,9 @@ class _KeyIndex:
                 self.keys, self.rows = kv.copy(), new_rows
         else:
             b = kv.tobytes()
-            self.delta.update(zip((b[i : i + KEY_BYTES] for i in range(0, len(b), KEY_BYTES)), new_rows.tolist()))
+            self.delta.update(
+                zip((b[i : i + KEY_BYTES] for i in range(0, len(b), KEY_BYTES)), new_rows.tolist())
+            )
         self.n = start + m
 
     def lookup(self, q: np.ndarray) -> np.ndarray:
@@ -386,10 +440,12 @@ class EmbeddingStore:
     Parameters
     ----------
     path : str or os.PathLike
-        The HDF5 file. It (and ``<path>.lock``) is created by the first write.
+        The HDF5 file. It (and the sidecars ``<path>.lock``, ``<path>.lock.gate``) is
+        created by the first write; reading a missing file creates nothing.
     dtype : {"float32", "float16"}, default "float32"
         Storage dtype of groups this object creates. float16 halves the file and keeps
-        about 3 significant digits (relative error ≤ 4.9e-4). Appending to an existing
+        about 3 significant digits (relative error ≤ 4.9e-4 for 6.1e-5 ≤ |x| ≤ 65504;
+        absolute error ≤ 3e-8 below that). Appending to an existing
         group of another dtype raises :class:`~featx.errors.StoreError`; reading any group
         returns float32.
     readonly : bool, default False
@@ -397,8 +453,9 @@ class EmbeddingStore:
     lock_timeout : float, default 600.0
         Seconds to wait for another process's lock before raising ``StoreError``.
     verify_reads : bool, default True
-        Check each row's CRC-32 when reading vectors (:meth:`get`, :meth:`iter_rows`);
-        costs about a third of the read time, catches bit rot as a ``StoreError``.
+        Check each row's CRC-32 when reading vectors (:meth:`get`, :meth:`iter_rows`), so
+        bit rot surfaces as a ``StoreError`` instead of wrong vectors. CRC-32 runs at about
+        2.5 GB/s: it roughly doubles the time of a read served from the page cache.
 
     Attributes
     ----------
@@ -451,6 +508,7 @@ class EmbeddingStore:
         self.verify_reads = bool(verify_reads)
         self._mutex = threading.RLock()
         self._indexes: dict[str, _KeyIndex] = {}
+        self._held_by: int | None = None  # thread holding exclusive() — its ops skip the flock
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -516,7 +574,9 @@ class EmbeddingStore:
         try:
             f = h5py.File(self.path, mode, locking=False, rdcc_nbytes=_RDCC_BYTES)
         except (OSError, ValueError) as exc:
-            raise StoreError(f"cannot open {self.path!r} as an HDF5 embedding store: {exc}") from exc
+            raise StoreError(
+                f"cannot open {self.path!r} as an HDF5 embedding store: {exc}"
+            ) from exc
         try:
             self._check_version(f)
         except BaseException:
@@ -537,15 +597,53 @@ class EmbeddingStore:
         try:
             v = int(np.asarray(v).item())
         except (TypeError, ValueError) as exc:
-            raise StoreError(f"{self.path!r}: featx_store_version is not an integer: {v!r}") from exc
+            raise StoreError(
+                f"{self.path!r}: featx_store_version is not an integer: {v!r}"
+            ) from exc
         if v > STORE_VERSION:
             raise StoreError(
-                f"{self.path!r} was written by a newer featx (format {v}), this featx reads ≤ {STORE_VERSION}; "
-                "upgrade featx to read it"
+                f"{self.path!r} was written by a newer featx (format {v}), this featx reads "
+                f"≤ {STORE_VERSION}; upgrade featx to read it"
             )
         if v < 1:
             raise StoreError(f"{self.path!r}: invalid featx_store_version {v}")
         return v
+
+    def _holding(self) -> bool:
+        return self._held_by == threading.get_ident()
+
+    @contextmanager
+    def exclusive(self) -> Iterator["EmbeddingStore"]:
+        """Hold the writer lock across several operations (check, compute, put).
+
+        Other processes (and threads) can neither read nor write meanwhile; this
+        thread's own ``lookup``/``get``/``put`` calls inside the block run under the
+        held lock.  The engine uses it so that concurrent processes never forward
+        the same image twice: re-check which keys are stored, forward the rest,
+        put, release.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from featx.store import EmbeddingStore
+        >>> store = EmbeddingStore(os.path.join(tempfile.mkdtemp(), "emb.h5"))
+        >>> with store.exclusive():
+        ...     missing = store.lookup("ab" * 32, [b"k" * 32]) < 0
+        ...     store.put("ab" * 32, [b"k" * 32], np.ones((1, 2), np.float32), spec={})
+        1
+        """
+        if self.readonly:
+            raise StoreError(f"{self.path!r} was opened with readonly=True; refusing to write")
+        if self._holding():
+            yield self
+            return
+        with self._mutex, self._lock(exclusive=True):
+            self._held_by = threading.get_ident()
+            try:
+                yield self
+            finally:
+                self._held_by = None
 
     @contextmanager
     def _reading(self) -> Iterator[h5py.File | None]:
@@ -553,6 +651,13 @@ class EmbeddingStore:
         with self._mutex:
             if not self._exists():
                 yield None
+                return
+            if self._holding():
+                f = self._open("r")
+                try:
+                    yield f
+                finally:
+                    f.close()
                 return
             with self._lock(exclusive=False):
                 if not self._exists():
@@ -569,7 +674,8 @@ class EmbeddingStore:
         """Exclusive lock + the file open read-write (created atomically if absent)."""
         if self.readonly:
             raise StoreError(f"{self.path!r} was opened with readonly=True; refusing to write")
-        with self._mutex, self._lock(exclusive=True):
+        with self._mutex, (contextlib.nullcontext() if self._holding()
+                           else self._lock(exclusive=True)):
             if not self._exists():
                 self._create_file()
             f = self._open("r+")
@@ -613,7 +719,9 @@ class EmbeddingStore:
                 "spec": str(a["spec"]),
             }
         except (KeyError, TypeError, ValueError, OSError) as exc:
-            raise StoreError(f"{self.path!r}: group {g.name} is damaged (attributes: {exc})") from exc
+            raise StoreError(
+                f"{self.path!r}: group {g.name} is damaged (attributes: {exc})"
+            ) from exc
 
     def _index(self, g: h5py.Group, fp: str, meta: dict) -> _KeyIndex:
         """The key index of ``fp``, brought up to the committed count (reads only new keys)."""
@@ -625,7 +733,8 @@ class EmbeddingStore:
             ds = g["keys"]
             if n > ds.shape[0]:
                 raise StoreError(
-                    f"{self.path!r}: group {fp} claims {n} committed rows but only {ds.shape[0]} are allocated"
+                    f"{self.path!r}: group {fp} claims {n} committed rows but only {ds.shape[0]} "
+                    "are allocated"
                 )
             for lo in range(idx.n, n, _KEY_READ_ROWS):
                 hi = min(n, lo + _KEY_READ_ROWS)
@@ -657,8 +766,9 @@ class EmbeddingStore:
             out[i0:i1] = block
         if bad:
             raise StoreError(
-                f"{self.path!r}: checksum mismatch in committed rows of backbone {fp} (rows {bad[:5]}): "
-                "the file is damaged; run verify(), then restore it or delete the group and re-embed"
+                f"{self.path!r}: checksum mismatch in committed rows of backbone {fp} "
+                f"(rows {bad[:5]}): the file is damaged; run verify(), then restore it or "
+                "delete the group and re-embed"
             )
         return out
 
@@ -712,7 +822,9 @@ class EmbeddingStore:
             try:
                 return json.loads(self._meta(g)["spec"])
             except json.JSONDecodeError as exc:
-                raise StoreError(f"{self.path!r}: the spec of group {fp} is not valid JSON: {exc}") from exc
+                raise StoreError(
+                    f"{self.path!r}: the spec of group {fp} is not valid JSON: {exc}"
+                ) from exc
 
     def count(self, fingerprint: str) -> int:
         """Number of committed rows stored for ``fingerprint`` (0 if none).
@@ -769,7 +881,9 @@ class EmbeddingStore:
                 return np.full(len(kv), -1, np.int64)
             return self._index(g, fp, self._meta(g)).lookup(kv)
 
-    def get(self, fingerprint: str, keys: Sequence[bytes] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def get(
+        self, fingerprint: str, keys: Sequence[bytes] | np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Vectors of ``keys`` as float32, NaN rows where a key is absent.
 
         Parameters
@@ -830,7 +944,9 @@ class EmbeddingStore:
         out[found] = vals[inverse]
         return out, found
 
-    def iter_rows(self, fingerprint: str, batch: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def iter_rows(
+        self, fingerprint: str, batch: int = 65536
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield the committed rows of ``fingerprint`` in blocks, for merging or export.
 
         The committed count is read once at the start; each block is read under its own
@@ -874,7 +990,9 @@ class EmbeddingStore:
                 g = self._group(f, fp)
                 meta = None if g is None else self._meta(g)
                 if meta is None or meta["token"] != meta0["token"] or meta["committed"] < hi:
-                    raise StoreError(f"{self.path!r}: the group {fp} was replaced while it was being read")
+                    raise StoreError(
+                        f"{self.path!r}: the group {fp} was replaced while it was being read"
+                    )
                 keys = g["keys"][lo:hi]
                 vectors = self._read_rows(g, fp, meta, np.arange(lo, hi))
             yield keys, vectors
@@ -895,7 +1013,8 @@ class EmbeddingStore:
         >>> import numpy as np
         >>> from featx.store import EmbeddingStore
         >>> store = EmbeddingStore(os.path.join(tempfile.mkdtemp(), "emb.h5"))
-        >>> _ = store.put("ab" * 32, [b"a" * 32], np.ones((1, 4), np.float32), spec={"name": "demo"})
+        >>> spec = {"name": "demo"}
+        >>> _ = store.put("ab" * 32, [b"a" * 32], np.ones((1, 4), np.float32), spec=spec)
         >>> b = store.info()["backbones"][0]
         >>> b["name"], b["dim"], b["dtype"], b["rows"]
         ('demo', 4, 'float32', 1)
@@ -961,6 +1080,12 @@ class EmbeddingStore:
         StoreError
             If the file is missing, not HDF5, truncated, of a newer format, or damaged.
 
+        Notes
+        -----
+        Holds the shared lock while it reads every committed row (about 1 GB/s here), so
+        writers wait for it; size ``lock_timeout`` of concurrent writers accordingly. Rows
+        beyond ``committed`` (an interrupted batch) are not damage and are not read.
+
         Examples
         --------
         >>> import os, tempfile
@@ -994,7 +1119,9 @@ class EmbeddingStore:
                         except StoreError:
                             raise
                         except Exception as exc:  # h5py read errors on damaged metadata/data
-                            problems.append(f"group {name}: cannot be read ({type(exc).__name__}: {exc})")
+                            problems.append(
+                                f"group {name}: cannot be read ({type(exc).__name__}: {exc})"
+                            )
                             continue
                         if entry is not None:
                             report["backbones"].append(entry)
@@ -1005,7 +1132,9 @@ class EmbeddingStore:
             finally:
                 f.close()
         if problems:
-            shown = "; ".join(problems[:10]) + (f"; … {len(problems) - 10} more" if len(problems) > 10 else "")
+            shown = "; ".join(problems[:10]) + (
+                f"; … {len(problems) - 10} more" if len(problems) > 10 else ""
+            )
             raise StoreError(f"{self.path!r} is damaged: {shown}")
         return report
 
@@ -1057,7 +1186,9 @@ class EmbeddingStore:
         if len(set(lengths.values())) != 1:
             problems.append(f"{where}: datasets have different allocated lengths {lengths}")
         if committed < 0 or committed > allocated:
-            problems.append(f"{where}: committed = {committed} but only {allocated} rows are allocated")
+            problems.append(
+                f"{where}: committed = {committed} but only {allocated} rows are allocated"
+            )
             return None
         # committed rows, in blocks: finite vectors, matching CRCs; collect keys for uniqueness
         row_bytes = dim * np.dtype(dtype).itemsize
@@ -1072,20 +1203,28 @@ class EmbeddingStore:
             nf = np.flatnonzero(~np.isfinite(v).all(axis=1))
             if len(nf):
                 nonfinite += len(nf)
-                first_nonfinite = first_nonfinite if first_nonfinite is not None else lo + int(nf[0])
+                first_nonfinite = (
+                    first_nonfinite if first_nonfinite is not None else lo + int(nf[0])
+                )
             bc = np.flatnonzero(_row_crcs(k, v) != c)
             if len(bc):
                 bad_crc += len(bc)
                 first_bad_crc = first_bad_crc if first_bad_crc is not None else lo + int(bc[0])
         if nonfinite:
-            problems.append(f"{where}: {nonfinite} committed rows hold NaN or inf (first row {first_nonfinite})")
+            problems.append(
+                f"{where}: {nonfinite} committed rows hold NaN or inf (first row {first_nonfinite})"
+            )
         if bad_crc:
-            problems.append(f"{where}: {bad_crc} committed rows fail their checksum (first row {first_bad_crc})")
+            problems.append(
+                f"{where}: {bad_crc} committed rows fail their checksum (first row {first_bad_crc})"
+            )
         if committed > 1:
             s = np.sort(all_keys)
             dup = int(np.count_nonzero(s[1:] == s[:-1]))
             if dup:
-                problems.append(f"{where}: {dup} duplicate keys among the {committed} committed rows")
+                problems.append(
+                    f"{where}: {dup} duplicate keys among the {committed} committed rows"
+                )
         return {
             "fingerprint": name,
             "name": spec.get("name") if isinstance(spec, dict) else None,
@@ -1105,6 +1244,7 @@ class EmbeddingStore:
         vectors: np.ndarray,
         *,
         spec: Mapping[str, Any],
+        forwarded: int = 0,
     ) -> int:
         """Append the rows whose keys are not stored yet; return how many were appended.
 
@@ -1124,6 +1264,10 @@ class EmbeddingStore:
             later puts must give an equal spec, except for the free-form fields in
             :data:`SPEC_FREE_FIELDS`. A ``"fingerprint"`` field, if present, must equal
             ``fingerprint``.
+        forwarded : int, default 0
+            How many of these vectors a forward pass computed just now; added to the
+            group's audit counter (:meth:`forwarded`), so that "each image was forwarded
+            once" can be checked across processes: the counter equals :meth:`count`.
 
         Returns
         -------
@@ -1157,7 +1301,8 @@ class EmbeddingStore:
         spec_obj, spec_json = _canonical_spec(spec)
         if "fingerprint" in spec_obj and spec_obj["fingerprint"] != fp:
             raise FingerprintMismatchError(
-                f"spec['fingerprint'] = {spec_obj['fingerprint']!r} but the vectors are being stored under {fp!r}"
+                f"spec['fingerprint'] = {spec_obj['fingerprint']!r} but the vectors are being "
+                f"stored under {fp!r}"
             )
         if len(k) == 0:
             return 0
@@ -1176,11 +1321,41 @@ class EmbeddingStore:
             meta = self._meta(g)
             idx = self._index(g, fp, meta)
             absent = idx.lookup(_void(k)) < 0
-            if not absent.any():
-                return 0
-            if not absent.all():
-                k, stored = k[absent], stored[absent]
-            return self._append(f, g, idx, meta, k, stored)
+            appended = 0
+            if absent.any():
+                if not absent.all():
+                    k, stored = k[absent], stored[absent]
+                appended = self._append(f, g, idx, meta, k, stored)
+            if forwarded:
+                # After the commit: a crash in between under-counts, never over-counts.
+                total = int(g.attrs.get("forwarded", 0)) + int(forwarded)
+                if "forwarded" in g.attrs:
+                    g.attrs.modify("forwarded", np.int64(total))
+                else:
+                    g.attrs["forwarded"] = np.int64(total)
+                f.flush()
+            return appended
+
+    def forwarded(self, fingerprint: str) -> int:
+        """Total vectors that forward passes offered to :meth:`put` for ``fingerprint``.
+
+        Equal to :meth:`count` when no image was ever forwarded twice (by any
+        process); larger by the number of wasted duplicate forwards otherwise.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from featx.store import EmbeddingStore
+        >>> store = EmbeddingStore(os.path.join(tempfile.mkdtemp(), "emb.h5"))
+        >>> _ = store.put("ab" * 32, [b"k" * 32], np.ones((1, 2), np.float32), spec={}, forwarded=1)
+        >>> store.forwarded("ab" * 32), store.count("ab" * 32)
+        (1, 1)
+        """
+        fp = _check_fp(fingerprint)
+        with self._reading() as f:
+            g = self._group(f, fp)
+            return 0 if g is None else int(g.attrs.get("forwarded", 0))
 
     def _as_vectors(self, vectors: Any, n: int) -> np.ndarray:
         v = np.asarray(vectors)
@@ -1205,41 +1380,51 @@ class EmbeddingStore:
         if self.dtype == "float32":
             return v
         # Cast in numpy: h5py 3.14's own float32 -> 'f2' conversion stores wrong values.
-        h = v.astype(np.float16)
+        with np.errstate(over="ignore"):  # overflow becomes inf, reported below
+            h = v.astype(np.float16)
         bad = np.flatnonzero(~np.isfinite(h).all(axis=1))
         if len(bad):
             raise StoreError(
-                f"{len(bad)} of {len(v)} vector rows exceed the float16 range (|x| > 65504; first: row "
-                f"{int(bad[0])}); store them with dtype='float32'. Nothing was stored"
+                f"{len(bad)} of {len(v)} vector rows exceed the float16 range (|x| > 65504; "
+                f"first: row {int(bad[0])}); store them with dtype='float32'. Nothing was stored"
             )
         return h
 
-    def _check_compatible(self, g: h5py.Group, fp: str, spec_obj: dict | None, dim: int | None) -> None:
+    def _check_compatible(
+        self, g: h5py.Group, fp: str, spec_obj: dict | None, dim: int | None
+    ) -> None:
         meta = self._meta(g)
         if spec_obj is not None:
             try:
                 stored = json.loads(meta["spec"])
             except json.JSONDecodeError as exc:
-                raise StoreError(f"{self.path!r}: the spec of group {fp} is not valid JSON: {exc}") from exc
+                raise StoreError(
+                    f"{self.path!r}: the spec of group {fp} is not valid JSON: {exc}"
+                ) from exc
             diff = _spec_diff(stored if isinstance(stored, dict) else {}, spec_obj)
             if diff:
                 raise FingerprintMismatchError(
                     f"{self.path!r}: backbone {fp} was stored with another spec; differing fields: "
                     + "; ".join(diff)
-                    + ". Same fingerprint, different spec means the fingerprint does not identify the backbone"
+                    + ". Same fingerprint, different spec: the fingerprint does not identify "
+                    "the backbone"
                 )
         if dim is not None and dim != meta["dim"]:
             raise FingerprintMismatchError(
-                f"{self.path!r}: backbone {fp} stores {meta['dim']}-dimensional vectors, got {dim}-dimensional ones"
+                f"{self.path!r}: backbone {fp} stores {meta['dim']}-dimensional vectors, got "
+                f"{dim}-dimensional ones"
             )
         if meta["dtype"] != self.dtype:
             raise StoreError(
-                f"{self.path!r}: backbone {fp} is stored as {meta['dtype']}, but this EmbeddingStore was "
-                f"created with dtype={self.dtype!r}; vectors are not converted silently. Open it with "
-                f"EmbeddingStore({self.path!r}, dtype={meta['dtype']!r}) to append, or use another file"
+                f"{self.path!r}: backbone {fp} is stored as {meta['dtype']}, but this "
+                f"EmbeddingStore was created with dtype={self.dtype!r}; vectors are not "
+                f"converted silently. Open it with EmbeddingStore({self.path!r}, "
+                f"dtype={meta['dtype']!r}) to append, or use another file"
             )
 
-    def _create_group(self, f: h5py.File, fp: str, spec_json: str, dim: int, need: int) -> h5py.Group:
+    def _create_group(
+        self, f: h5py.File, fp: str, spec_json: str, dim: int, need: int
+    ) -> h5py.Group:
         root = f.require_group(_ROOT)
         row_bytes = dim * np.dtype(self.dtype).itemsize
         chunk = _chunk_rows(row_bytes)
@@ -1252,7 +1437,9 @@ class EmbeddingStore:
         ):
             dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
             dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # chunks allocated at create/resize
-            dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)  # no fill writes; rows ≥ committed are garbage
+            dcpl.set_fill_time(
+                h5py.h5d.FILL_TIME_NEVER
+            )  # no fill writes; rows ≥ committed are garbage
             g.create_dataset(
                 name,
                 shape=(cap, *shape),
@@ -1271,16 +1458,27 @@ class EmbeddingStore:
         return g
 
     def _append(
-        self, f: h5py.File, g: h5py.Group, idx: _KeyIndex, meta: dict, k: np.ndarray, stored: np.ndarray
+        self,
+        f: h5py.File,
+        g: h5py.Group,
+        idx: _KeyIndex,
+        meta: dict,
+        k: np.ndarray,
+        stored: np.ndarray,
     ) -> int:
         m = len(k)
         c = meta["committed"]
         kds, vds, cds = g["keys"], g["vectors"], g["crc"]
         cap = min(kds.shape[0], vds.shape[0], cds.shape[0])
         if c > cap:
-            raise StoreError(f"{self.path!r}: group {g.name} claims {c} committed rows but only {cap} are allocated")
+            raise StoreError(
+                f"{self.path!r}: group {g.name} claims {c} committed rows but only {cap} are "
+                "allocated"
+            )
         if c + m > cap:
-            new_cap = _grown_capacity(cap, c + m, vds.chunks[0], stored.shape[1] * stored.dtype.itemsize)
+            new_cap = _grown_capacity(
+                cap, c + m, vds.chunks[0], stored.shape[1] * stored.dtype.itemsize
+            )
             for ds in (kds, vds, cds):
                 ds.resize(new_cap, axis=0)
             f.flush()
@@ -1294,7 +1492,9 @@ class EmbeddingStore:
         idx.extend(_void(k), c)
         return m
 
-    def merge_from(self, other: "str | os.PathLike | EmbeddingStore", batch: int = 65536) -> dict[str, int]:
+    def merge_from(
+        self, other: "str | os.PathLike | EmbeddingStore", batch: int = 65536
+    ) -> dict[str, int]:
         """Copy every backbone's rows that this store lacks from another store file.
 
         All of the other file's groups are checked first (same spec, dim and storage dtype
@@ -1332,13 +1532,21 @@ class EmbeddingStore:
         >>> main.merge_from(shard) == {"ab" * 32: 2}
         True
         """
-        src = other if isinstance(other, EmbeddingStore) else EmbeddingStore(
-            other, readonly=True, lock_timeout=self.lock_timeout, verify_reads=self.verify_reads
+        src = (
+            other
+            if isinstance(other, EmbeddingStore)
+            else EmbeddingStore(
+                other, readonly=True, lock_timeout=self.lock_timeout, verify_reads=self.verify_reads
+            )
         )
         if self.readonly:
-            raise StoreError(f"{self.path!r} was opened with readonly=True; refusing to merge into it")
+            raise StoreError(
+                f"{self.path!r} was opened with readonly=True; refusing to merge into it"
+            )
         if not src._exists():
-            raise StoreError(f"cannot merge from {src.path!r}: no such store file (missing or empty)")
+            raise StoreError(
+                f"cannot merge from {src.path!r}: no such store file (missing or empty)"
+            )
         if self._exists() and os.path.samefile(src.path, self.path):
             raise StoreError(f"cannot merge {self.path!r} into itself")
         plan = []

@@ -216,19 +216,20 @@ CHILD = textwrap.dedent("""
     paths = open(listing).read().split()
     bb = featx.get_backbone("mobilenet_v2", weights=None, input_size=%d)
     emb = Embedder(bb, store=store_path, batch_size=batch_size, progress=False)
-    if slow:  # give the parent time to kill us between and during batches
-        original = emb._forward_batch
-        def slowed(x):
+    if slow:  # slow decoding (outside the store's lock) so the parent sees the count grow
+        import featx.engine as engine
+        original = engine.decode_image
+        def slowed(*args, **kwargs):
             time.sleep(slow)
-            return original(x)
-        emb._forward_batch = slowed
+            return original(*args, **kwargs)
+        engine.decode_image = slowed
     print("READY", flush=True)
     emb.embed(paths)
     print("DONE", emb.stats["forwarded"], flush=True)
 """ % SIZE)
 
 
-def _spawn(tmp_path, store_path, paths, batch_size=8, slow=0.05, name="list.txt"):
+def _spawn(tmp_path, store_path, paths, batch_size=8, slow=0.02, name="list.txt"):
     listing = tmp_path / name
     listing.write_text("\n".join(paths))
     script = tmp_path / "child.py"
@@ -286,16 +287,19 @@ def _stored_vectors(store_path, bb, paths):
 def test_two_processes_embedding_overlapping_sets_store_each_key_once(bb, tmp_path):
     paths = make_jpegs(tmp_path / "imgs", 80, seed=7)
     store_path = str(tmp_path / "emb.h5")
-    a = _spawn(tmp_path, store_path, paths[:50], slow=0.01, name="a.txt")
-    b = _spawn(tmp_path, store_path, paths[30:], slow=0.01, name="b.txt")
+    a = _spawn(tmp_path, store_path, paths[:50], slow=0.005, name="a.txt")
+    b = _spawn(tmp_path, store_path, paths[30:], slow=0.005, name="b.txt")
     outs = [p.communicate(timeout=300)[0] for p in (a, b)]
     assert all(p.returncode == 0 for p in (a, b)), outs
     with EmbeddingStore(store_path) as store:
         report = store.verify()
         assert store.count(bb.fingerprint) == 80
     forwarded = sum(int(out.split("DONE")[1].split()[0]) for out in outs)
-    assert 80 <= forwarded <= 100  # the overlap may be forwarded twice, but stored once
-    assert report
+    # Exactly once: the writer lock spans re-check, forward and put.
+    assert forwarded == 80
+    with EmbeddingStore(store_path) as store:
+        assert store.forwarded(bb.fingerprint) == 80
+    assert report["ok"]
     np.testing.assert_allclose(
         np.stack(list(_stored_vectors(store_path, bb, paths).values())),
         direct_vectors(bb, paths), atol=1e-5)
