@@ -162,6 +162,11 @@ class _Batch:
     pixels: np.ndarray  # preprocessed float32, (len(keys), H, W, 3)
 
 
+@dataclasses.dataclass
+class _Hits:
+    items: Dict[bytes, Tuple[Source, Optional[bytes]]]  # key -> (source, bytes read)
+
+
 class Embedder:
     """Embed images with a frozen backbone, once per image, ever.
 
@@ -417,25 +422,30 @@ class _Run:
         finally:
             self.queue.put(_DONE)
 
-    def _lookup(self, keys: List[bytes]) -> Dict[bytes, np.ndarray]:
+    def _lookup(self, keys: List[bytes]) -> Tuple[Dict[bytes, np.ndarray], List[bytes]]:
+        """(vectors found in the memo, keys the store already holds).
+
+        Stored keys are only *recognised* here, from the store's in-memory index,
+        without touching the file: the forward thread may hold the store's writer
+        lock, and waiting for it would stall decoding. Their vectors are read by
+        the forward thread (a ``_Hits`` item); keys other processes stored
+        meanwhile are caught by its re-check under the lock.
+        """
         fp = self.bb.fingerprint
-        found: Dict[bytes, np.ndarray] = {}
         store = self.e.store
         if store is None:  # with a store, the store is the memory: it must receive every vector
+            found: Dict[bytes, np.ndarray] = {}
             for key in keys:
                 vec = _MEMO.get(fp, key)
                 if vec is not None:
                     found[key] = vec
-            return found
-        rest = list(keys)
-        if rest:
-            t = time.perf_counter()
-            vectors, ok = store.get(fp, rest)
-            self.stats["lookup_s"] += time.perf_counter() - t
-            for key, vec, hit in zip(rest, vectors, ok):
-                if hit:
-                    found[key] = vec
-        return found
+            return found, []
+        if not keys:
+            return {}, []
+        t = time.perf_counter()
+        known = store.known(fp, keys)
+        self.stats["lookup_s"] += time.perf_counter() - t
+        return {}, [key for key, hit in zip(keys, known) if hit]
 
     def _produce(self) -> None:
         chunk = max(self.e.batch_size * 4, 64)
@@ -456,11 +466,13 @@ class _Run:
                     continue
                 self.stats["unique"] += 1
                 fresh[key] = (item, data)
-            found = self._lookup(list(fresh))
+            found, stored = self._lookup(list(fresh))
             for key, vec in found.items():
                 self.stats["cache_hits"] += 1
                 fresh.pop(key)
                 self._deliver(key, vec)
+            if stored:
+                self._put_item(_Hits({key: fresh.pop(key) for key in stored}))
             decoded = self.pool.map(lambda kv: (kv[0], *self._decode(*kv[1])), fresh.items())
             for key, pixels, error, seconds in decoded:
                 self.stats["decode_s"] += seconds
@@ -478,10 +490,12 @@ class _Run:
             self._emit(pending_keys, pending_pixels)
 
     def _emit(self, keys: List[bytes], pixels: List[np.ndarray]) -> None:
-        batch = _Batch(keys, self.bb.preprocess(np.stack(pixels)))
+        self._put_item(_Batch(keys, self.bb.preprocess(np.stack(pixels))))
+
+    def _put_item(self, item) -> None:
         while not self.stop.is_set():
             try:
-                self.queue.put(batch, timeout=0.5)
+                self.queue.put(item, timeout=0.5)
                 return
             except queue.Full:
                 continue
@@ -489,6 +503,10 @@ class _Run:
     # -- consumer: forward + write ------------------------------------------
 
     def execute(self) -> None:
+        if self.e.store is not None:
+            # Read the store's key index now, before the forward thread can hold the
+            # writer lock: the producer then recognises stored keys from memory.
+            self.e.store.lookup(self.bb.fingerprint, [])
         producer = threading.Thread(target=self.produce, name="featx-producer", daemon=True)
         producer.start()
         try:
@@ -498,6 +516,9 @@ class _Run:
                 self.stats["wait_s"] += time.perf_counter() - t
                 if batch is _DONE:
                     break
+                if isinstance(batch, _Hits):
+                    self._read_hits(batch)
+                    continue
                 store = self.e.store
                 if store is None:
                     self._forward_and_deliver(batch.keys, batch.pixels)
@@ -513,6 +534,33 @@ class _Run:
             producer.join()
         if self.error is not None:
             raise self.error
+
+    def _read_hits(self, hits: "_Hits") -> None:
+        """Vectors of keys the store's index knew; anything no longer there is embedded."""
+        keys = list(hits.items)
+        t = time.perf_counter()
+        vectors, found = self.e.store.get(self.bb.fingerprint, keys)
+        self.stats["lookup_s"] += time.perf_counter() - t
+        missing = []
+        for key, vec, ok in zip(keys, vectors, found):
+            if ok:
+                self.stats["cache_hits"] += 1
+                self._deliver(key, vec)
+            else:  # the file was replaced since the index was read: decode it here
+                missing.append(key)
+        for start in range(0, len(missing), self.e.batch_size):
+            chunk, pixels = [], []
+            for key in missing[start:start + self.e.batch_size]:
+                image, error, _ = self._decode(*hits.items[key])
+                if error is not None:
+                    with self.lock:
+                        indices = self.waiting.pop(key, [])
+                    self._fail(indices, error, key=key)
+                    continue
+                chunk.append(key)
+                pixels.append(image)
+            if chunk:
+                self._forward_missing(_Batch(chunk, self.bb.preprocess(np.stack(pixels))))
 
     def _forward_missing(self, batch: _Batch) -> None:
         """Re-check the store (another process may have stored some keys since the

@@ -881,6 +881,43 @@ class EmbeddingStore:
                 return np.full(len(kv), -1, np.int64)
             return self._index(g, fp, self._meta(g)).lookup(kv)
 
+    def known(self, fingerprint: str, keys: Sequence[bytes] | np.ndarray) -> np.ndarray:
+        """Which keys this object's in-memory index already holds — no file access, no lock.
+
+        The index is as of this object's last read or write of the group, so keys
+        that other processes appended since may show as unknown (never the other
+        way round). The engine's decode thread uses it to skip decoding stored
+        images without waiting for the writer lock the forward thread holds; the
+        forward thread re-checks under that lock.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from featx.store import EmbeddingStore
+        >>> store = EmbeddingStore(os.path.join(tempfile.mkdtemp(), "emb.h5"))
+        >>> _ = store.put("ab" * 32, [b"a" * 32], np.ones((1, 2), np.float32), spec={})
+        >>> store.known("ab" * 32, [b"a" * 32, b"b" * 32]).tolist()
+        [True, False]
+        """
+        fp = _check_fp(fingerprint)
+        q = _void(_as_keys(keys))
+        out = np.zeros(len(q), dtype=bool)
+        idx = self._indexes.get(fp)
+        if idx is None or len(q) == 0:
+            return out
+        # Read each attribute once: another thread may be extending the index, and each
+        # attribute is replaced whole (never mutated in place), so a snapshot is consistent.
+        sorted_keys, delta = idx.keys, idx.delta.copy()
+        if len(sorted_keys):
+            pos = np.minimum(np.searchsorted(sorted_keys, q), len(sorted_keys) - 1)
+            out |= sorted_keys[pos] == q
+        if delta:
+            raw = q.tobytes()
+            out |= np.fromiter((raw[i:i + KEY_BYTES] in delta
+                                for i in range(0, len(raw), KEY_BYTES)), bool, len(q))
+        return out
+
     def get(
         self, fingerprint: str, keys: Sequence[bytes] | np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -945,7 +982,7 @@ class EmbeddingStore:
         return out, found
 
     def iter_rows(
-        self, fingerprint: str, batch: int = 65536
+        self, fingerprint: str, batch: int = 8192
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield the committed rows of ``fingerprint`` in blocks, for merging or export.
 
@@ -955,7 +992,7 @@ class EmbeddingStore:
         Parameters
         ----------
         fingerprint : str
-        batch : int, default 65536
+        batch : int, default 8192
             Rows per block.
 
         Yields
@@ -1493,7 +1530,7 @@ class EmbeddingStore:
         return m
 
     def merge_from(
-        self, other: "str | os.PathLike | EmbeddingStore", batch: int = 65536
+        self, other: "str | os.PathLike | EmbeddingStore", batch: int = 8192
     ) -> dict[str, int]:
         """Copy every backbone's rows that this store lacks from another store file.
 
@@ -1506,7 +1543,7 @@ class EmbeddingStore:
         ----------
         other : str, os.PathLike or EmbeddingStore
             The source (opened read-only when a path).
-        batch : int, default 65536
+        batch : int, default 8192
 
         Returns
         -------
