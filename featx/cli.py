@@ -154,6 +154,177 @@ def _cmd_cache_verify(args) -> int:
     return 0
 
 
+def _load_labelled(args):
+    """(train sources, y, class names, test split or None, description) for baseline/finetune."""
+    import os
+
+    from . import datasets
+
+    if bool(args.src) == bool(args.dataset):
+        raise _UsageError(f"featx {args.command}: give either SRC or --dataset NAME")
+    if args.dataset:
+        sources, y, names = datasets.load_dataset(args.dataset, limit=args.limit)
+        return sources, y, names, None, f"dataset {args.dataset}"
+    if not os.path.exists(args.src):
+        raise _UsageError(f"featx {args.command}: {args.src}: no such file or folder")
+    splits = datasets.find_splits(args.src) if os.path.isdir(args.src) else {}
+    if splits:
+        sources, y, names = datasets.load_image_folder(args.src, split="train")
+        test = datasets.load_image_folder(args.src, split="test", class_names=names)
+        return sources, y, names, (test[0], test[1]), (
+            f"{args.src} (train: {splits['train'].name}, held-out test: {splits['test'].name})")
+    sources, y, names = datasets.load_source(args.src)
+    if args.limit:
+        keep = datasets._stratified_first(y, args.limit, len(names))
+        sources, y = [sources[i] for i in keep], y[keep]
+    return sources, y, names, None, str(args.src)
+
+
+def _check_classes(y, names, cv: int, command: str) -> None:
+    import numpy as np
+
+    counts = np.bincount(y, minlength=len(names))
+    present = [n for n, c in zip(names, counts) if c > 0]
+    if len(present) < 2:
+        raise _UsageError(f"featx {command}: only one class ({', '.join(present) or 'none'}) — "
+                          "a classifier needs at least two")
+    small = [f"{n} ({c})" for n, c in zip(names, counts) if 0 < c < cv]
+    if small:
+        raise _UsageError(f"featx {command}: {cv}-fold cross-validation needs at least {cv} "
+                          f"images per class; too few in: {', '.join(small)} (use --cv 2..)")
+
+
+def _cmd_baseline(args) -> int:
+    import os
+    import time
+
+    import joblib
+
+    from .backbones import get_spec
+    from .baseline import baseline
+    from .heads import resolve_kind
+    from .report import out_of_fold_proba, write_report
+
+    for name in args.backbone:
+        get_spec(name)
+    for kind in args.head:
+        resolve_kind(kind)
+    if args.cv < 2:
+        raise _UsageError("featx baseline: --cv must be at least 2")
+    started = time.perf_counter()
+    sources, y, names, test, described = _load_labelled(args)
+    _check_classes(y, names, args.cv, "baseline")
+    os.makedirs(args.out, exist_ok=True)
+    cache = args.cache or os.path.join(args.out, "embeddings.h5")
+    say = (lambda *a: None) if (args.quiet or args.json) else (lambda *a: print(*a, flush=True))
+    say(f"featx baseline: {len(sources)} images, {len(names)} classes from {described}; "
+        f"backbones {', '.join(args.backbone)}; heads {', '.join(args.head)}; "
+        f"{args.cv}-fold CV; cache {cache}")
+    board = baseline(sources, y, backbones=args.backbone, heads=args.head, cv=args.cv,
+                     cache=cache, weights=_weights_arg(args.weights), input_size=args.input_size,
+                     batch_size=args.batch_size, n_jobs=args.jobs,
+                     progress=not (args.quiet or args.json), test=test)
+    searched = time.perf_counter() - started
+    if test is not None:
+        eval_sources, eval_y = test
+        proba = board.best_estimator_.predict_proba(_objects(eval_sources))
+        evaluated_on = f"the held-out test split ({len(eval_sources)} images)"
+    else:
+        eval_sources, eval_y = sources, y
+        proba = out_of_fold_proba(board, sources, y)
+        evaluated_on = f"out-of-fold predictions of the same {args.cv} folds"
+    model_path = os.path.join(args.out, "best_model.joblib")
+    joblib.dump({"pipeline": board.best_estimator_, "class_names": list(names),
+                 "featx_model_bundle": 1}, model_path)
+    report = write_report(args.out, board, sources=eval_sources, y=eval_y, class_names=names,
+                          proba=proba, evaluated_on=evaluated_on,
+                          title=f"featx baseline — {described}",
+                          timings={"total (embed + search)": searched,
+                                   "report": time.perf_counter() - started - searched})
+    if args.json:
+        json.dump({"rows": board.rows, "report": str(report), "model": model_path,
+                   "cache": cache, "seconds": time.perf_counter() - started},
+                  sys.stdout, indent=2, default=_jsonable)
+        sys.stdout.write("\n")
+    elif not args.quiet:
+        print()
+        print(board.to_markdown())
+        print(f"\nbest: {board.best_['backbone']} + {board.best_['head']}; "
+              f"{time.perf_counter() - started:.0f}s in all")
+        print(f"report: {report}")
+        print(f"model:  {model_path}   (featx predict {model_path} SRC)")
+    return 0
+
+
+def _objects(items):
+    import numpy as np
+
+    array = np.empty(len(items), dtype=object)
+    array[:] = list(items)
+    return array
+
+
+def _jsonable(value):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def _cmd_predict(args) -> int:
+    import csv
+    import os
+
+    import joblib
+
+    from .datasets import load_csv
+    from .images import list_images
+
+    _require_file(args.model, "predict")
+    if not os.path.exists(args.src):
+        raise _UsageError(f"featx predict: {args.src}: no such file or folder")
+    # joblib runs pickle: only load model files you trust (see README, Security).
+    bundle = joblib.load(args.model)
+    if isinstance(bundle, dict) and "pipeline" in bundle:
+        model, names = bundle["pipeline"], bundle.get("class_names")
+    else:
+        model, names = bundle, None
+    if not hasattr(model, "predict_proba"):
+        raise _UsageError(f"featx predict: {args.model} holds a {type(model).__name__}, not a "
+                          "classifier with predict_proba")
+    if os.path.isdir(args.src):
+        sources = list_images(args.src)
+    elif args.src.lower().endswith(".csv"):
+        sources = load_csv(args.src)[0]
+    else:
+        sources = [args.src]
+    if not sources:
+        raise _UsageError(f"featx predict: {args.src}: no image files found")
+    proba = model.predict_proba(_objects(sources))
+    classes = list(getattr(model, "classes_", range(proba.shape[1])))
+    labels = [str(names[c]) if names is not None else str(c) for c in classes]
+    rows = [{"path": src, "prediction": labels[int(p.argmax())],
+             **{f"p_{label}": float(v) for label, v in zip(labels, p)}}
+            for src, p in zip(sources, proba)]
+    if args.out:
+        with open(args.out, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif not args.out:
+        _print_table([{**r, **{k: f"{v:.3f}" for k, v in r.items() if k.startswith("p_")}}
+                      for r in rows], list(rows[0]))
+    else:
+        print(f"{len(rows)} predictions written to {args.out}")
+    return 0
+
+
 def _require_file(path: str, command: str) -> None:
     import os
 
@@ -188,6 +359,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no summary")
     p.set_defaults(func=_cmd_embed)
+
+    p = sub.add_parser("baseline", help="backbones x heads under CV, with an HTML report")
+    p.add_argument("src", metavar="SRC", nargs="?",
+                   help="class-folder tree, train/test split tree, or CSV (path,label)")
+    p.add_argument("--dataset", help="offline dataset instead of SRC: elpv, fashion-mnist, "
+                   "lfw-subset, elpv-levels, elpv-type, fashion-mnist-test, tfds:<name>")
+    p.add_argument("--out", "-o", required=True, help="folder for the report, model and cache")
+    p.add_argument("--backbone", "-b", nargs="+", default=["efficientnet_lite0"])
+    p.add_argument("--head", nargs="+", default=["logreg", "svm", "xgboost"],
+                   help="logreg svm linear_svm xgboost knn random_forest")
+    p.add_argument("--cv", type=int, default=5, help="folds (default 5)")
+    p.add_argument("--weights", default="packaged", help="packaged | imagenet | none | PATH")
+    p.add_argument("--input-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--cache", help="HDF5 store (default OUT/embeddings.h5)")
+    p.add_argument("--limit", type=int, help="keep the first LIMIT/n_classes images per class")
+    p.add_argument("--jobs", "-j", type=int, default=None, help="parallel grid-search workers")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=_cmd_baseline)
+
+    p = sub.add_parser("predict", help="predict with a saved model (from featx baseline)")
+    p.add_argument("model", metavar="MODEL", help="best_model.joblib written by featx baseline")
+    p.add_argument("src", metavar="SRC", help="image folder, CSV listing or image file")
+    p.add_argument("--out", help="write predictions to this CSV")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_predict)
 
     cache = sub.add_parser("cache", help="inspect or verify an HDF5 cache")
     cache_sub = cache.add_subparsers(dest="cache_command", metavar="ACTION",

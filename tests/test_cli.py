@@ -83,3 +83,75 @@ def test_help_on_each_command():
                  ["cache", "info", "--help"], ["cache", "verify", "--help"]):
         result = run(*argv)
         assert result.returncode == 0 and "usage" in result.stdout.lower()
+
+
+FAST = ["--backbone", "mobilenet_v2", "--weights", "none", "--input-size", "32",
+        "--head", "logreg", "--cv", "2", "--quiet"]
+
+
+def _classes(root, spec):
+    for cls, colour in spec.items():
+        os.makedirs(root / cls, exist_ok=True)
+        for i in range(4):
+            Image.new("RGB", (40, 30), tuple(min(255, c + 12 * i) for c in colour)).save(
+                root / cls / f"{i}.png")
+    return root
+
+
+def test_baseline_on_a_folder_then_predict(tree, tmp_path):
+    out = tmp_path / "out"
+    result = run("baseline", tree, "--out", out, *FAST)
+    assert result.returncode == 0, result.stderr
+    assert (out / "index.html").is_file() and (out / "best_model.joblib").is_file()
+    assert (out / "embeddings.h5").is_file()
+    predictions = tmp_path / "pred.csv"
+    result = run("predict", out / "best_model.joblib", tree / "red", "--out", predictions)
+    assert result.returncode == 0, result.stderr
+    lines = predictions.read_text().splitlines()
+    assert lines[0].startswith("path,prediction,p_green,p_red") and len(lines) == 5
+
+
+def test_baseline_on_a_train_test_tree_scores_the_test_split(tmp_path):
+    _classes(tmp_path / "data" / "training-data", {"a": (200, 0, 0), "b": (0, 0, 200)})
+    _classes(tmp_path / "data" / "testing-data", {"a": (210, 0, 0), "b": (0, 0, 210)})
+    result = run("baseline", tmp_path / "data", "--out", tmp_path / "out", *FAST[:-1], "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["rows"]
+    assert all("test_accuracy" in row for row in rows)
+    assert "held-out test split" in (tmp_path / "out" / "index.html").read_text()
+
+
+def test_baseline_from_a_csv_with_a_hostile_class_name(tmp_path):
+    _classes(tmp_path / "imgs", {"x": (200, 0, 0), "y": (0, 200, 0)})
+    listing = ["path,label"] + [f"imgs/x/{i}.png,<script>alert(1)</script>" for i in range(4)] \
+        + [f"imgs/y/{i}.png,plain" for i in range(4)]
+    (tmp_path / "list.csv").write_text("\n".join(listing) + "\n")
+    result = run("baseline", tmp_path / "list.csv", "--out", tmp_path / "out", *FAST)
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;" in page
+
+
+@pytest.mark.parametrize("case,reason", [
+    ("missing", "no such file or folder"),
+    ("empty_class", "holds no image"),
+    ("single_class", "only one class"),
+    ("both", "either SRC or --dataset"),
+    ("bad_head", "unknown head"),
+])
+def test_baseline_bad_input_exits_2(case, reason, tmp_path):
+    root = tmp_path / "data"
+    if case == "empty_class":
+        _classes(root, {"a": (1, 2, 3)})
+        os.makedirs(root / "b")
+    elif case == "single_class":
+        _classes(root, {"a": (1, 2, 3)})
+    elif case in ("both", "bad_head"):
+        _classes(root, {"a": (1, 2, 3), "b": (3, 2, 1)})
+    src = tmp_path / "nope" if case == "missing" else root
+    extra = ["--dataset", "lfw-subset"] if case == "both" else []
+    heads = ["--head", "nonsense"] if case == "bad_head" else []
+    result = run("baseline", src, "--out", tmp_path / "out", *extra, *heads)
+    assert result.returncode == 2, result.stderr
+    assert reason in result.stderr.lower() or reason in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

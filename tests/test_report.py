@@ -1,0 +1,105 @@
+"""The HTML report: content, escaping, and a real browser loading it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+import numpy as np
+import pytest
+
+import featx
+from featx.report import dataset_summary, most_confidently_wrong, write_report
+
+EVIL = "<script>alert(1)</script>"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+PROBE_HEAD = (
+    "<script>window.__alerts=[];window.__errors=[];"
+    "window.alert=function(m){__alerts.push(String(m))};"
+    "var _ce=console.error;console.error=function(){__errors.push([].join.call(arguments,' '));"
+    "_ce.apply(console,arguments)};"
+    "window.addEventListener('error',function(e){__errors.push(String(e.message||"
+    "(e.target&&e.target.src)||'error'))},true);</script>")
+PROBE_TAIL = (
+    "<script>window.addEventListener('load',function(){var imgs=[].slice.call(document.images);"
+    "var broken=imgs.filter(function(i){return !(i.complete&&i.naturalWidth>0)}).length;"
+    "var r=document.createElement('pre');r.id='__featx_result';"
+    "r.textContent=JSON.stringify({images:imgs.length,broken:broken,alerts:__alerts,"
+    "errors:__errors,text:document.body.innerText});document.body.appendChild(r);});</script>")
+
+
+def open_in_chromium(html_path):
+    """Load the page in headless Chromium; return what the probe saw (images, errors, text)."""
+    page = open(html_path, encoding="utf-8").read()
+    # The probe goes first in <head> (to catch everything) and last in <body>.
+    probed = page.replace("<head>", "<head>" + PROBE_HEAD, 1).replace("</body>",
+                                                                      PROBE_TAIL + "</body>", 1)
+    folder = tempfile.mkdtemp()
+    target = os.path.join(folder, "probed.html")
+    open(target, "w", encoding="utf-8").write(probed)
+    result = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={folder}/profile", "--virtual-time-budget=10000",
+         "--dump-dom", f"file://{target}"],
+        capture_output=True, text=True, timeout=120)
+    match = re.search(r'<pre id="__featx_result">(.*?)</pre>', result.stdout, re.S)
+    assert match, result.stderr[-2000:]
+    import html
+
+    return json.loads(html.unescape(match.group(1)))
+
+
+@pytest.fixture(scope="module")
+def board_and_data():
+    rng = np.random.RandomState(0)
+    images = rng.randint(0, 100, (36, 32, 32, 3)).astype(np.uint8)
+    y = np.repeat([0, 1, 2], 12)
+    images[12:24] += 70
+    images[24:] += 140
+    board = featx.baseline(images, y, backbones=["mobilenet_v2"], heads=["logreg"],
+                           weights=None, input_size=32, cv=3)
+    return board, images, y
+
+
+def test_summary_and_wrong_ranking():
+    summary = dataset_summary([np.zeros((10, 20), np.uint8)] * 4, [0, 0, 1, 1], ["a", "b"])
+    assert summary["counts"] == {"a": 2, "b": 2} and summary["sizes"]["max"] == [20, 10]
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    assert most_confidently_wrong([1, 1, 1, 0], proba) == [0, 3, 2]
+
+
+def test_report_files_and_escaping(board_and_data, tmp_path):
+    board, images, y = board_and_data
+    names = ["plain", EVIL, "Ünïcode & co"]
+    proba = featx.report.out_of_fold_proba(board, list(images), y)
+    path = write_report(tmp_path, board, sources=list(images), y=y, class_names=names,
+                        proba=proba, history={"loss": [1.0, 0.5], "val_loss": [1.1, 0.7],
+                                              "accuracy": [0.5, 0.8], "val_accuracy": [0.4, 0.7]})
+    page = path.read_text(encoding="utf-8")
+    for png in ("confusion.png", "roc.png", "pr.png", "training.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+    assert EVIL not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "Ünïcode &amp; co" in page
+    assert "mobilenet_v2" in page and "raw_pixels" in page
+    assert "src=\"http" not in page  # self-contained: nothing fetched
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+def test_report_opens_in_a_browser_with_all_images_and_no_errors(board_and_data, tmp_path):
+    board, images, y = board_and_data
+    names = ["plain", EVIL, "third"]
+    proba = featx.report.out_of_fold_proba(board, list(images), y)
+    path = write_report(tmp_path, board, sources=list(images), y=y, class_names=names,
+                        proba=proba)
+    seen = open_in_chromium(path)
+    assert seen["images"] >= 3  # confusion, ROC, PR (+ the wrong-images grid when any)
+    assert seen["broken"] == 0
+    assert seen["errors"] == [] and seen["alerts"] == []
+    assert EVIL in seen["text"]  # shown as text, not run
