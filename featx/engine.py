@@ -107,6 +107,46 @@ def clear_memo() -> None:
     _MEMO.clear()
 
 
+# ----------------------------------------------------------------- content keys
+
+
+class _KeyCache:
+    """Content keys of files already hashed in this process, by (path, size, mtime, inode).
+
+    A grid search calls the engine once per fold and candidate on the same
+    files; re-reading and re-hashing them each time dominated an all-cached
+    call.  A file rewritten in place changes its mtime (nanoseconds) or size,
+    so it is read and hashed again.
+    """
+
+    def __init__(self, max_entries: int = 500_000):
+        self.max_entries = max_entries
+        self._keys: Dict[tuple, bytes] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def signature(path: str) -> Optional[tuple]:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None  # read_bytes gives the proper error
+        return (path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+    def get(self, signature: Optional[tuple]) -> Optional[bytes]:
+        return None if signature is None else self._keys.get(signature)
+
+    def put(self, signature: Optional[tuple], key: bytes) -> None:
+        if signature is None:
+            return
+        with self._lock:
+            if len(self._keys) >= self.max_entries:
+                self._keys.clear()  # crude but bounded; refilled by the next pass
+            self._keys[signature] = key
+
+
+_KEYS = _KeyCache()
+
+
 # ----------------------------------------------------------------- forward pass
 
 
@@ -400,8 +440,14 @@ class _Run:
         try:
             if item.array is not None:
                 return source_key(item), None, None, time.perf_counter() - t
+            signature = _KEYS.signature(item.path)
+            key = _KEYS.get(signature)
+            if key is not None:  # decode reads the file again only if it is a miss
+                return key, None, None, time.perf_counter() - t
             data = read_bytes(item.path)
-            return source_key(item, data=data), data, None, time.perf_counter() - t
+            key = source_key(item, data=data)
+            _KEYS.put(signature, key)
+            return key, data, None, time.perf_counter() - t
         except FeatxError as exc:
             return None, None, exc, time.perf_counter() - t
 
