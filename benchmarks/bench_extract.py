@@ -7,7 +7,7 @@ with the same model objects):
 
 P1  end-to-end ÷ forward-only throughput. End-to-end = ``Embedder(bb, store=<fresh store>,
     batch_size=32).embed(paths)`` on a cold (empty) store; forward-only = the engine's own
-    compiled forward (``featx.engine._forward_for``) on the same images, decoded and
+    compiled forward (``featx.engine.compiled_forward``) on the same images, decoded and
     preprocessed beforehand. Goal >= 0.9. The engine's stage seconds come from
     ``Embedder.stats``.
 P2  end-to-end ÷ the seeds' pipeline: ``keras.utils.image_dataset_from_directory(...,
@@ -258,9 +258,9 @@ def seeds_dataset(folder: Path, preprocess=None):
 def warm_up(bb):
     """Compile (trace) the engine's forward and Keras' predict function before timing."""
     import tensorflow as tf
-    from featx.engine import _forward_for
+    from featx.engine import compiled_forward
 
-    fwd = _forward_for(bb.model, (BATCH, SIZE, SIZE, 3))
+    fwd = compiled_forward(bb.model, (BATCH, SIZE, SIZE, 3))
     zeros = np.zeros((BATCH, SIZE, SIZE, 3), np.float32)
     for _ in range(2):
         fwd(zeros)
@@ -480,7 +480,7 @@ def _proc_status_mib(field: str) -> float:
 def p4_child(mode: str, n: int, workdir: Path) -> None:
     """Runs in a fresh interpreter: embed the first ``n`` tiny images, report peak RSS."""
     from featx import Embedder, get_backbone
-    from featx.engine import _forward_for, clear_memo
+    from featx.engine import compiled_forward, clear_memo
 
     paths = [str(workdir / "pool" / "tiny" / f"img_{i:05d}.jpg") for i in range(n)]
     bb = tiny_probe_backbone() if mode == "probe" else get_backbone(
@@ -490,7 +490,7 @@ def p4_child(mode: str, n: int, workdir: Path) -> None:
     warm = stores / f"p4-warm-{os.getpid()}.h5"
     store = None if mode == "memo" else stores / f"p4-{mode}-{n}-{os.getpid()}.h5"
     # warm up everything the measured call uses (forward trace, thread pool, h5py), on other images
-    _forward_for(bb.model, (BATCH, P4_SIZE, P4_SIZE, 3))(
+    compiled_forward(bb.model, (BATCH, P4_SIZE, P4_SIZE, 3))(
         np.zeros((BATCH, P4_SIZE, P4_SIZE, 3), np.float32))
     rng = np.random.default_rng(12345)
     Embedder(bb, store=str(warm), batch_size=BATCH, progress=False).embed(
@@ -756,7 +756,7 @@ def render(args, info, load_start, load_end, sets, ext, p4, p5, quick_note) -> s
         out += [f"### P1 — end-to-end ÷ forward-only (goal ≥ {GOALS['p1']})", "",
                 f"End-to-end: `Embedder(bb, store=<new file>, batch_size={BATCH}).embed(paths)` "
                 f"({ext['workers']} decode threads); forward-only: "
-                f"`featx.engine._forward_for(bb.model, ({BATCH}, {SIZE}, {SIZE}, 3))` on the "
+                f"`featx.engine.compiled_forward(bb.model, ({BATCH}, {SIZE}, {SIZE}, 3))` on the "
                 "same images decoded and preprocessed beforehand.", ""]
         rows = []
         for (label, name), r in res.items():

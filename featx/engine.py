@@ -41,7 +41,7 @@ from .errors import FeatxError, ImageDecodeError
 from .images import Source, as_sources, decode_image, read_bytes, source_key
 from .store import EmbeddingStore
 
-__all__ = ["Embedder", "EmbedFailure", "clear_memo"]
+__all__ = ["Embedder", "EmbedFailure", "clear_memo", "compiled_forward"]
 
 log = logging.getLogger("featx")
 
@@ -153,19 +153,29 @@ _KEYS = _KeyCache()
 _FORWARD_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _forward_for(model, batch_shape: Tuple[int, ...]):
+def compiled_forward(model, batch_shape: Tuple[int, ...]):
     """The compiled forward of ``model`` at ``batch_shape``, built once per model and shape.
 
     Many Embedders share one backbone in a grid search; compiling per Embedder
-    would retrace the same graph for each.
+    would retrace the same graph for each.  The fine-tuner predicts through it
+    too.  Inputs must have exactly ``batch_shape`` (pad the last batch).
+
+    Examples
+    --------
+    >>> import numpy as np, featx
+    >>> from featx.engine import compiled_forward
+    >>> bb = featx.get_backbone("mobilenet_v2", weights=None, input_size=32)
+    >>> forward = compiled_forward(bb.model, (2, 32, 32, 3))
+    >>> forward(np.zeros((2, 32, 32, 3), np.float32)).shape
+    (2, 1280)
     """
     per_model = _FORWARD_CACHE.setdefault(model, {})
     if batch_shape not in per_model:
-        per_model[batch_shape] = _compiled_forward(model, batch_shape)
+        per_model[batch_shape] = _build_forward(model, batch_shape)
     return per_model[batch_shape]
 
 
-def _compiled_forward(model, batch_shape: Tuple[int, ...]):
+def _build_forward(model, batch_shape: Tuple[int, ...]):
     """``x -> model(x, training=False)`` compiled once for one fixed input shape."""
     keras = import_keras()
     backend = keras.backend.backend()
@@ -178,10 +188,11 @@ def _compiled_forward(model, batch_shape: Tuple[int, ...]):
     if backend == "jax":
         import jax
 
-        trainable = [v.value for v in model.trainable_variables]
-        non_trainable = [v.value for v in model.non_trainable_variables]
         fn = jax.jit(lambda tv, ntv, x: model.stateless_call(tv, ntv, x, training=False)[0])
-        return lambda x: np.asarray(fn(trainable, non_trainable, x))
+        # Variable values are read at each call, so a model trained after its first
+        # forward (the fine-tuner) is never run with stale weights.
+        return lambda x: np.asarray(fn([v.value for v in model.trainable_variables],
+                                       [v.value for v in model.non_trainable_variables], x))
     if backend == "torch":
         import torch
 
@@ -328,7 +339,7 @@ class Embedder:
     def _forward_batch(self, pixels: np.ndarray) -> np.ndarray:
         if self._forward is None:
             shape = (self.batch_size, *self.backbone.input_shape)
-            self._forward = _forward_for(self.backbone.model, shape)
+            self._forward = compiled_forward(self.backbone.model, shape)
         n = len(pixels)
         if n < self.batch_size:  # pad to the one compiled shape
             pad = np.zeros((self.batch_size - n, *pixels.shape[1:]), dtype=np.float32)

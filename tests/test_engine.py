@@ -212,6 +212,7 @@ def test_invalid_arguments_are_refused_up_front(bb):
 CHILD = textwrap.dedent("""
     import sys, time, featx
     from featx.engine import Embedder
+    from featx.store import EmbeddingStore
     store_path, listing, batch_size, slow = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
     paths = open(listing).read().split()
     bb = featx.get_backbone("mobilenet_v2", weights=None, input_size=%d)
@@ -223,6 +224,12 @@ CHILD = textwrap.dedent("""
             time.sleep(slow)
             return original(*args, **kwargs)
         engine.decode_image = slowed
+    original_put = EmbeddingStore.put
+    def reporting_put(self, *args, **kwargs):  # tells the parent each time a batch commits
+        appended = original_put(self, *args, **kwargs)
+        print("PUT", appended, flush=True)
+        return appended
+    EmbeddingStore.put = reporting_put
     print("READY", flush=True)
     emb.embed(paths)
     print("DONE", emb.stats["forwarded"], flush=True)
@@ -249,13 +256,16 @@ def test_sigkill_mid_extraction_keeps_committed_rows_and_resume_forwards_the_res
     expected = dict(zip(paths, direct_vectors(bb, paths)))
     store_path = str(tmp_path / "emb.h5")
     killed_at = []
-    for threshold in (1, 30, 60):  # early, middle, late; the kill lands wherever the child is
+    # Kill after the 1st, 3rd and 3rd commit of three runs: the signal lands wherever
+    # the child is by then (decoding, forwarding, or inside the next put).
+    for puts in (1, 3, 3):
         child = _spawn(tmp_path, store_path, paths)
-        child.stdout.readline()  # READY
-        deadline = time.time() + 120
-        while _count(store_path, bb.fingerprint) < threshold and child.poll() is None:
-            assert time.time() < deadline, "child made no progress"
-            time.sleep(0.005)
+        assert child.stdout.readline().strip() == "READY"
+        seen = 0
+        while seen < puts:
+            line = child.stdout.readline()
+            assert line, "child exited before committing"
+            seen += line.startswith("PUT")
         child.send_signal(signal.SIGKILL)
         child.wait()
         with EmbeddingStore(store_path) as store:

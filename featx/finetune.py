@@ -1,0 +1,909 @@
+"""``FineTuneClassifier``: fine-tune a featx backbone end to end, as a scikit-learn classifier.
+
+The embedding path (:mod:`featx.engine`) keeps the backbone frozen and trains
+scikit-learn heads on cached vectors. This module is the one other consumer of
+pixels: it trains a Keras model on them, in the two phases of Keras'
+transfer-learning guide, so a user can see what fine-tuning buys over the
+frozen vectors on the same data.
+
+The model
+---------
+``pixels [0, 255] → augment → preprocess → base → Dropout → Dense(ReLU)… → softmax``
+
+* **Augmentation** is a ``keras.Sequential`` named ``"augment"`` of Keras'
+  random layers. They act only when the model runs with ``training=True``
+  (inside ``fit``); prediction sees the pixels as they are.
+* **Preprocessing** is inside the model (:class:`ImagePreprocessing`, the
+  backbone's own channel order, mean and std as ``keras.ops``), so a saved
+  ``.keras`` file takes raw pixels and cannot be fed wrongly preprocessed data.
+* **The base** is the backbone's Keras model inside :class:`InferenceBase`, a
+  wrapper that calls it with ``training=False``.
+
+Why a wrapper, and BatchNormalization
+-------------------------------------
+Keras' fine-tuning guide builds ``x = base_model(x, training=False)`` so that
+BatchNormalization keeps its ImageNet statistics while the layers around it
+are fine-tuned. In Keras 3 that argument is overridden: a Functional model
+injects its own ``training`` value into every node it runs (keras-team/keras
+issue 20285), so inside ``fit`` the nested base runs with ``training=True``.
+BatchNormalization is still safe when its layers are not trainable (Keras 3's
+BN uses batch statistics only when ``training and self.trainable``), but any
+Dropout or stochastic-depth layer inside the base would switch on. featx
+therefore does both:
+
+* the base is called through :class:`InferenceBase`, whose ``call`` passes
+  ``training=False`` explicitly (an explicit argument wins over the context),
+  so the whole pretrained base — BN, dropout, everything — runs in inference
+  mode in both phases; and
+* every BatchNormalization layer of the base stays ``trainable=False``, so its
+  gamma and beta are not trained either, and its moving mean and variance are
+  never updated.
+
+The one exception is **training from scratch** — ``weights=None`` together
+with ``unfreeze="all"``: there are no statistics worth preserving, and BN that
+never leaves its initial ``mean=0, var=1`` would just be a fixed affine map. The
+wrapper then passes ``training`` through and the BN layers are trainable, so BN
+normalises with batch statistics and learns its moving averages, as in any
+model trained from zero. (Phase 1 of such a run trains the head on a frozen
+random base; ``epochs=(0, n)`` skips it.)
+
+What ``unfreeze=N`` counts
+--------------------------
+``N`` is the number of **weight-bearing, non-BatchNormalization layers** of the
+base, counted from its output end in ``base.layers`` order: convolutions,
+depthwise convolutions, dense layers. Layers without weights (activations,
+``Add``, padding, pooling) and BN layers are not counted, because unfreezing
+them trains nothing. So ``unfreeze=5`` always means five layers whose weights
+learn — for MobileNetV2 the last five convolutions (``Conv_1``,
+``block_16_project``, ``block_16_depthwise``, ``block_16_expand``,
+``block_15_project``). Keras' guide instead slices ``base.layers[-N:]``,
+counting every layer; MobileNetV2's "fine-tune from layer 100" in the TF
+tutorial (54 of 155 layers) is ``unfreeze=18`` here. A count above the number
+of such layers unfreezes them all. ``"all"`` unfreezes every layer (BN still
+excepted, see above); the layers actually unfrozen are listed in
+``unfrozen_layers_``.
+
+Data
+----
+Images are decoded by :func:`featx.images.decode_image` — the engine's
+decoder — one batch at a time in a :class:`keras.utils.PyDataset` (a thread
+pool decodes the batch), so a dataset never has to fit in memory. The
+validation split is stratified; early stopping watches ``val_loss`` and
+restores the best weights of each phase.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import numbers
+import os
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import NotFittedError
+from sklearn.preprocessing import LabelEncoder
+
+from ._env import import_keras
+from .errors import FeatxError
+from .images import RESIZE_POLICIES, Source, as_sources, decode_image
+
+__all__ = ["FineTuneClassifier", "AUGMENTATIONS", "custom_objects", "load", "unfreeze_candidates"]
+
+#: Names accepted in ``augment`` and the Keras layer each one adds (factor 0.1:
+#: ±10 % zoom/contrast/translation, ±0.1 turn = ±36° rotation).
+AUGMENTATIONS = ("flip", "rotate", "zoom", "contrast", "translate", "brightness")
+
+#: Epochs without a better ``val_loss`` before a phase stops (``early_stopping=True``).
+DEFAULT_PATIENCE = 3
+
+_HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+# ----------------------------------------------------------------- Keras classes
+
+
+@functools.lru_cache(maxsize=None)
+def _classes():
+    """The Keras classes of this module, defined on first use.
+
+    Keras is imported lazily throughout featx (``featx backbones`` works without
+    a backend), and these classes subclass Keras types, so they are made here.
+    Registering them as ``featx>…`` lets a ``.keras`` file load once this
+    function has run (:func:`load` and unpickling call it).
+    """
+    keras = import_keras()
+    ops = keras.ops
+
+    @keras.saving.register_keras_serializable(package="featx")
+    class ImagePreprocessing(keras.layers.Layer):
+        """``(x[..., order] - mean) / std``: a featx preprocessing mode as a layer.
+
+        Computes exactly what :meth:`featx.Backbone.preprocess` computes in numpy,
+        with ``keras.ops``, so the preprocessing travels inside a saved model.
+        """
+
+        def __init__(self, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), bgr=False, **kwargs):
+            super().__init__(**kwargs)
+            self.mean = tuple(float(m) for m in mean)
+            self.std = tuple(float(s) for s in std)
+            self.bgr = bool(bgr)
+
+        def call(self, inputs):
+            x = ops.cast(inputs, self.compute_dtype)
+            if self.bgr:
+                x = ops.flip(x, axis=-1)
+            # Same operation order as the numpy path (subtract, then divide).
+            x = x - ops.convert_to_tensor(self.mean, dtype=self.compute_dtype)
+            return x / ops.convert_to_tensor(self.std, dtype=self.compute_dtype)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return {**super().get_config(), "mean": list(self.mean), "std": list(self.std),
+                    "bgr": self.bgr}
+
+    @keras.saving.register_keras_serializable(package="featx")
+    class InferenceBase(keras.layers.Layer):
+        """Runs a nested backbone model with ``training=False`` (when ``inference``).
+
+        Keras 3 Functional models override a ``training=False`` recorded on a
+        nested model's node with the outer call's value; an explicit argument
+        inside a layer's ``call`` is not overridden. See the module docstring.
+        """
+
+        def __init__(self, base, inference=True, **kwargs):
+            super().__init__(**kwargs)
+            self.base = base
+            self.inference = bool(inference)
+
+        def build(self, input_shape):
+            if not self.base.built:
+                self.base.build(input_shape)
+            self.built = True
+
+        def call(self, inputs, training=None):
+            return self.base(inputs, training=False if self.inference else training)
+
+        def compute_output_shape(self, input_shape):
+            return self.base.compute_output_shape(input_shape)
+
+        def get_config(self):
+            return {**super().get_config(), "inference": self.inference,
+                    "base": keras.saving.serialize_keras_object(self.base)}
+
+        @classmethod
+        def from_config(cls, config):
+            config = dict(config)
+            config["base"] = keras.saving.deserialize_keras_object(config["base"])
+            return cls(**config)
+
+    class ImageBatches(keras.utils.PyDataset):
+        """Batches of decoded pixels (float32 in [0, 255]) and labels, decoded on demand.
+
+        Parameters
+        ----------
+        items : list of Source
+        labels : numpy.ndarray of int, or None
+            None for prediction: batches are then ``(pixels,)``.
+        size : int
+            Square side the decoder resizes to.
+        batch_size : int
+        policy : str
+            Resize policy of :func:`featx.images.decode_image`.
+        shuffle : bool
+            Draw a new order every epoch (from ``seed``); Keras does not shuffle
+            a PyDataset itself.
+        seed : int or None
+        threads : int
+            Decoder threads per batch (Pillow releases the GIL while decoding).
+
+        The first decode error is kept in ``error`` and re-raised by the caller:
+        with the TensorFlow backend, ``fit`` reads a PyDataset through
+        ``tf.data``, which turns a Python exception into a TF error that no
+        longer is a :class:`~featx.errors.FeatxError`.
+        """
+
+        def __init__(self, items, labels, *, size, batch_size, policy="squash",
+                     shuffle=False, seed=None, threads=2):
+            # workers=1: no Keras enqueuer; tf.data prefetches one batch ahead,
+            # and the batch itself is decoded by our threads.
+            super().__init__(workers=1, use_multiprocessing=False)
+            self.items = list(items)
+            self.labels = None if labels is None else np.asarray(labels, dtype=np.int32)
+            self.size = int(size)
+            self.batch_size = int(batch_size)
+            self.policy = policy
+            self.shuffle = bool(shuffle)
+            self._rng = np.random.RandomState(seed)
+            self.order = np.arange(len(self.items))
+            if self.shuffle:
+                self._rng.shuffle(self.order)
+            self.threads = max(1, int(threads))
+            self.error: Optional[BaseException] = None
+            self._pool: Optional[ThreadPoolExecutor] = None
+            self._lock = threading.Lock()
+
+        def __len__(self):
+            return math.ceil(len(self.items) / self.batch_size)
+
+        def _decode(self, item: Source) -> np.ndarray:
+            return decode_image(item, (self.size, self.size), policy=self.policy)
+
+        def pixels(self, index: int) -> np.ndarray:
+            """Decoded pixels of batch ``index``, float32 ``(b, size, size, 3)``."""
+            idx = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+            batch = [self.items[i] for i in idx]
+            try:
+                if self.threads > 1 and len(batch) > 1:
+                    with self._lock:
+                        if self._pool is None:
+                            self._pool = ThreadPoolExecutor(self.threads,
+                                                            thread_name_prefix="featx-finetune")
+                    decoded = list(self._pool.map(self._decode, batch))
+                else:
+                    decoded = [self._decode(item) for item in batch]
+            except FeatxError as exc:
+                with self._lock:
+                    if self.error is None:
+                        self.error = exc
+                raise
+            return np.stack(decoded).astype(np.float32)
+
+        def __getitem__(self, index):
+            x = self.pixels(index)
+            if self.labels is None:
+                return (x,)
+            idx = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+            return x, self.labels[idx]
+
+        def on_epoch_end(self):
+            if self.shuffle:
+                self._rng.shuffle(self.order)
+
+        def close(self):
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+    return dict(ImagePreprocessing=ImagePreprocessing, InferenceBase=InferenceBase,
+                ImageBatches=ImageBatches)
+
+
+def custom_objects() -> Dict[str, type]:
+    """The Keras classes a fine-tuned ``.keras`` file needs, registered as ``featx>…``.
+
+    Calling this (or importing :func:`load`) before ``keras.saving.load_model``
+    is enough; the dict is for an explicit ``custom_objects=`` argument.
+
+    Examples
+    --------
+    >>> from featx.finetune import custom_objects
+    >>> sorted(custom_objects())
+    ['ImagePreprocessing', 'InferenceBase']
+    """
+    c = _classes()
+    return {"ImagePreprocessing": c["ImagePreprocessing"], "InferenceBase": c["InferenceBase"]}
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def _pair(value, name: str, kind):
+    """``x`` → ``(x, x)``; a pair stays a pair; anything else is refused."""
+    if isinstance(value, kind) and not isinstance(value, bool):
+        return (value, value)
+    try:
+        first, second = value
+    except (TypeError, ValueError):
+        raise FeatxError(f"{name} must be a number or a pair (phase 1, phase 2); "
+                         f"got {value!r}") from None
+    return first, second
+
+
+def _seed_from(random_state) -> Optional[int]:
+    if random_state is None:
+        return None
+    if isinstance(random_state, numbers.Integral):
+        return int(random_state)
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(2**31 - 1))
+    raise FeatxError(f"random_state must be None, an int or a numpy RandomState; "
+                     f"got {random_state!r}")
+
+
+def _sub_seed(seed: Optional[int], k: int) -> Optional[int]:
+    return None if seed is None else (seed * 1009 + k) % (2**31 - 1)
+
+
+def _augmentation_layers(augment, seed):
+    keras = import_keras()
+    if augment is None:
+        return []
+    names = (augment,) if isinstance(augment, str) else tuple(augment)
+    makers = {
+        "flip": lambda s: keras.layers.RandomFlip("horizontal", seed=s, name="flip"),
+        "rotate": lambda s: keras.layers.RandomRotation(0.1, seed=s, name="rotate"),
+        "zoom": lambda s: keras.layers.RandomZoom(0.1, seed=s, name="zoom"),
+        "contrast": lambda s: keras.layers.RandomContrast(0.1, seed=s, name="contrast"),
+        "translate": lambda s: keras.layers.RandomTranslation(0.1, 0.1, seed=s,
+                                                              name="translate"),
+        "brightness": lambda s: keras.layers.RandomBrightness(0.1, value_range=(0, 255),
+                                                              seed=s, name="brightness"),
+    }
+    layers = []
+    for k, name in enumerate(names):
+        if name not in makers:
+            raise FeatxError(f"augment: unknown augmentation {name!r}; expected names from "
+                             f"{AUGMENTATIONS} or None")
+        if name in names[:k]:
+            raise FeatxError(f"augment: {name!r} is listed twice")
+        layers.append(makers[name](_sub_seed(seed, k + 1)))
+    return layers
+
+
+def _is_bn(layer) -> bool:
+    keras = import_keras()
+    return isinstance(layer, keras.layers.BatchNormalization)
+
+
+def unfreeze_candidates(base) -> List:
+    """The base's layers that ``unfreeze=N`` counts, bottom to top.
+
+    Weight-bearing layers that are not BatchNormalization, in ``base.layers``
+    order; ``unfreeze=N`` unfreezes the last ``N`` of them.
+
+    Examples
+    --------
+    >>> import featx
+    >>> from featx.finetune import unfreeze_candidates
+    >>> bb = featx.get_backbone("mobilenet_v2", weights=None, input_size=32)
+    >>> [layer.name for layer in unfreeze_candidates(bb.model)[-3:]]
+    ['block_16_depthwise', 'block_16_project', 'Conv_1']
+    """
+    return [layer for layer in base.layers if layer.weights and not _is_bn(layer)]
+
+
+def _set_phase(model, phase: int, unfreeze, from_scratch: bool) -> List[str]:
+    """Set ``trainable`` flags for ``phase``; returns the names of unfrozen base layers."""
+    wrapper = model.get_layer("base")
+    base = wrapper.base
+    if phase == 1 or unfreeze == 0:
+        wrapper.trainable = False  # recursive: every layer of the base
+        return []
+    # Keras 3 applies `trainable` recursively; open the wrapper, then close what stays frozen.
+    wrapper.trainable = True
+    if unfreeze == "all":
+        chosen = [layer for layer in base.layers if layer.weights]
+        if not from_scratch:
+            chosen = [layer for layer in chosen if not _is_bn(layer)]
+    else:
+        chosen = unfreeze_candidates(base)[-int(unfreeze):]
+    chosen_ids = {id(layer) for layer in chosen}
+    for layer in base.layers:
+        layer.trainable = id(layer) in chosen_ids
+    return [layer.name for layer in chosen]
+
+
+def _n_params(weights) -> int:
+    return int(sum(int(np.prod(w.shape)) for w in weights))
+
+
+def _model_to_bytes(model) -> bytes:
+    keras = import_keras()
+    with tempfile.TemporaryDirectory(prefix="featx-ft-") as tmp:
+        path = os.path.join(tmp, "model.keras")
+        keras.saving.save_model(model, path)
+        with open(path, "rb") as handle:
+            return handle.read()
+
+
+def _load_model_file(path: str):
+    keras = import_keras()
+    try:
+        return keras.saving.load_model(path, custom_objects=custom_objects(), compile=False)
+    except (OSError, ValueError) as exc:
+        raise FeatxError(f"cannot load fine-tuned model {path!r}: {exc}; expected a .keras "
+                         "file written by FineTuneClassifier.save") from exc
+
+
+def _model_from_bytes(data: bytes):
+    with tempfile.TemporaryDirectory(prefix="featx-ft-") as tmp:
+        path = os.path.join(tmp, "model.keras")
+        with open(path, "wb") as handle:
+            handle.write(data)
+        return _load_model_file(path)
+
+
+def _stem(path) -> str:
+    text = os.fspath(path)
+    for suffix in (".keras", ".joblib"):
+        if text.endswith(suffix):
+            return text[: -len(suffix)]
+    return text
+
+
+# ----------------------------------------------------------------- the estimator
+
+
+class FineTuneClassifier(ClassifierMixin, BaseEstimator):
+    """Fine-tune a featx backbone on labelled images (scikit-learn classifier).
+
+    Phase 1 trains a new head on the frozen backbone; phase 2 unfreezes the
+    top of the backbone and continues at a small learning rate. Images are
+    decoded with featx's own decoder, batch by batch; augmentation and
+    preprocessing live inside the Keras model.
+
+    Parameters
+    ----------
+    backbone : str, default "efficientnet_lite0"
+        A name from :func:`featx.list_backbones`.
+    weights : {"packaged", "imagenet"}, path or None, default "packaged"
+        As in :func:`featx.get_backbone`. None starts from a random
+        initialisation (seeded by ``random_state``).
+    input_size : int, optional
+        Square input side; the family's pretrained size by default.
+    head : tuple of int, default (256,)
+        Widths of the hidden ReLU layers of the head; ``()`` for a linear head.
+    dropout : float, default 0.5
+        Dropout rate after the pooled features and after each hidden layer.
+    unfreeze : int or "all", default 0
+        Phase 2 unfreezes the top ``unfreeze`` weight-bearing, non-BN layers of
+        the base (see the module docstring for exactly what is counted);
+        ``"all"`` the whole base; ``0`` skips phase 2. BatchNormalization
+        layers stay frozen and in inference mode, except when training from
+        scratch (``weights=None`` with ``unfreeze="all"``).
+    epochs : int or (int, int), default (5, 5)
+        Epochs of phase 1 and phase 2 (an int: the same for both). Early
+        stopping may end a phase sooner.
+    lr : float or (float, float), default (1e-3, 1e-5)
+        Adam learning rates of the two phases.
+    augment : tuple of str or None, default ("flip", "rotate", "zoom", "contrast")
+        Random augmentations during training, from :data:`AUGMENTATIONS`.
+    class_weight : None, "balanced" or dict, default None
+        ``"balanced"``: weights ``n / (k * count)`` from
+        :func:`sklearn.utils.class_weight.compute_class_weight` on the training
+        split; a dict maps original labels to weights.
+    validation_fraction : float, default 0.1
+        Stratified share of the images held out for ``val_loss``; ``0`` trains
+        on everything (and disables early stopping).
+    early_stopping : bool or int, default True
+        Stop a phase when ``val_loss`` has not improved for ``DEFAULT_PATIENCE``
+        epochs (an int: that patience) and restore that phase's best weights.
+    batch_size : int, default 32
+    random_state : int, RandomState or None, default 0
+        Seeds the split, the shuffling, the head's initialisation, dropout,
+        augmentation and (``weights=None``) the backbone's initialisation.
+    policy : {"squash", "crop", "pad"}, default "squash"
+        How images are fitted to the input size (:func:`featx.images.decode_image`).
+    verbose : int, default 0
+        Keras' ``fit`` verbosity; 0 prints nothing.
+
+    Attributes
+    ----------
+    classes_ : numpy.ndarray
+        The labels, sorted; columns of :meth:`predict_proba`.
+    model_ : keras.Model
+        Raw pixels (float32 in [0, 255], ``(n, s, s, 3)``) → class probabilities.
+    history_ : dict of list
+        Per epoch, both phases in order: ``loss``, ``accuracy``, ``val_loss``,
+        ``val_accuracy`` (NaN without validation) and ``phase`` (1 or 2).
+    phases_ : list of dict
+        Per phase that ran: ``phase``, ``lr``, ``epochs`` (asked), ``epochs_run``,
+        ``trainable_weights``, ``trainable_params``.
+    unfrozen_layers_ : list of str
+        Names of the base layers phase 2 trained.
+    input_size_ : int
+        Side of the images the model takes.
+    backbone_info_ : dict
+        :meth:`featx.Backbone.describe` of the starting backbone.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featx import FineTuneClassifier
+    >>> rng = np.random.RandomState(0)
+    >>> X = rng.randint(0, 60, (16, 32, 32, 3)).astype(np.uint8)
+    >>> X[8:, :, :, 0] += 180                        # the second class is red
+    >>> y = np.array(["gray"] * 8 + ["red"] * 8)
+    >>> clf = FineTuneClassifier("mobilenet_v2", weights=None, input_size=32, head=(),
+    ...                          epochs=(2, 1), unfreeze=2, lr=(1e-2, 1e-4), augment=None,
+    ...                          validation_fraction=0, batch_size=8)
+    >>> clf = clf.fit(X, y)
+    >>> clf.predict_proba(X[:2]).shape, clf.classes_.tolist(), clf.history_["phase"]
+    ((2, 2), ['gray', 'red'], [1, 1, 2])
+    >>> clf.unfrozen_layers_
+    ['block_16_project', 'Conv_1']
+    """
+
+    def __init__(self, backbone="efficientnet_lite0", weights="packaged", input_size=None,
+                 head=(256,), dropout=0.5, unfreeze=0, epochs=(5, 5), lr=(1e-3, 1e-5),
+                 augment=("flip", "rotate", "zoom", "contrast"), class_weight=None,
+                 validation_fraction=0.1, early_stopping=True, batch_size=32, random_state=0,
+                 policy="squash", verbose=0):
+        self.backbone = backbone
+        self.weights = weights
+        self.input_size = input_size
+        self.head = head
+        self.dropout = dropout
+        self.unfreeze = unfreeze
+        self.epochs = epochs
+        self.lr = lr
+        self.augment = augment
+        self.class_weight = class_weight
+        self.validation_fraction = validation_fraction
+        self.early_stopping = early_stopping
+        self.batch_size = batch_size
+        self.random_state = random_state
+        self.policy = policy
+        self.verbose = verbose
+
+    # -- checks --------------------------------------------------------------
+
+    def _checked_params(self) -> dict:
+        epochs = _pair(self.epochs, "epochs", numbers.Integral)
+        if any(not isinstance(e, numbers.Integral) or e < 0 for e in epochs):
+            raise FeatxError(f"epochs must be non-negative ints; got {self.epochs!r}")
+        lr = _pair(self.lr, "lr", numbers.Real)
+        if any(not isinstance(r, numbers.Real) or not r > 0 for r in lr):
+            raise FeatxError(f"lr must be positive numbers; got {self.lr!r}")
+        unfreeze = self.unfreeze
+        if not (unfreeze == "all" or (isinstance(unfreeze, numbers.Integral)
+                                      and not isinstance(unfreeze, bool) and unfreeze >= 0)):
+            raise FeatxError(f"unfreeze must be 0, a positive int or 'all'; got {unfreeze!r}")
+        head = (self.head,) if isinstance(self.head, numbers.Integral) else tuple(self.head or ())
+        if any(not isinstance(h, numbers.Integral) or h < 1 for h in head):
+            raise FeatxError(f"head must be a tuple of positive ints; got {self.head!r}")
+        if not 0 <= float(self.dropout) < 1:
+            raise FeatxError(f"dropout must be in [0, 1); got {self.dropout!r}")
+        if not 0 <= float(self.validation_fraction) < 1:
+            raise FeatxError(f"validation_fraction must be in [0, 1); got "
+                             f"{self.validation_fraction!r}")
+        if int(self.batch_size) < 1:
+            raise FeatxError(f"batch_size must be >= 1; got {self.batch_size!r}")
+        if self.policy not in RESIZE_POLICIES:
+            raise FeatxError(f"policy must be one of {RESIZE_POLICIES}; got {self.policy!r}")
+        if not (self.class_weight is None or self.class_weight == "balanced"
+                or isinstance(self.class_weight, dict)):
+            raise FeatxError(f"class_weight must be None, 'balanced' or a dict; got "
+                             f"{self.class_weight!r}")
+        patience = self.early_stopping
+        if isinstance(patience, bool):
+            patience = DEFAULT_PATIENCE if patience else 0
+        elif not isinstance(patience, numbers.Integral) or patience < 1:
+            raise FeatxError(f"early_stopping must be a bool or a positive int (patience); "
+                             f"got {self.early_stopping!r}")
+        return dict(epochs=tuple(int(e) for e in epochs), lr=tuple(float(r) for r in lr),
+                    unfreeze=unfreeze if unfreeze == "all" else int(unfreeze), head=head,
+                    patience=int(patience), seed=_seed_from(self.random_state))
+
+    # -- building ------------------------------------------------------------
+
+    def _build(self, bb, n_classes: int, p: dict, from_scratch: bool):
+        keras = import_keras()
+        from .backbones.weights import seeded_init
+
+        c = _classes()
+        seed = p["seed"]
+        size = bb.input_size
+        base = bb.model
+        base.trainable = True  # ours alone: get_backbone builds a fresh model per call
+        context = seeded_init(seed) if seed is not None else contextlib.nullcontext()
+        with context:
+            inputs = keras.Input((size, size, 3), name="pixels")
+            x = inputs
+            aug = _augmentation_layers(self.augment, seed)
+            if aug:
+                x = keras.Sequential(aug, name="augment")(x)
+            pre = bb.preprocessing
+            x = c["ImagePreprocessing"](pre.mean, pre.std, pre.bgr, name="preprocess")(x)
+            x = c["InferenceBase"](base, inference=not from_scratch, name="base")(x)
+            k = 100
+            if self.dropout:
+                x = keras.layers.Dropout(float(self.dropout), seed=_sub_seed(seed, k),
+                                         name="head_dropout")(x)
+            for i, width in enumerate(p["head"], start=1):
+                x = keras.layers.Dense(int(width), activation="relu", name=f"head_dense_{i}")(x)
+                if self.dropout:
+                    x = keras.layers.Dropout(float(self.dropout), seed=_sub_seed(seed, k + i),
+                                             name=f"head_dropout_{i}")(x)
+            outputs = keras.layers.Dense(n_classes, activation="softmax", name="classifier")(x)
+        return keras.Model(inputs, outputs, name=f"featx_finetune_{bb.name}")
+
+    # -- fitting -------------------------------------------------------------
+
+    def fit(self, sources, y, validation_data=None):
+        """Train phase 1 (head) and, if asked, phase 2 (top of the backbone).
+
+        Parameters
+        ----------
+        sources : folder, paths or uint8 arrays
+            Anything :func:`featx.images.as_sources` accepts.
+        y : array-like of shape (n,)
+            Labels of any type (strings, ints).
+        validation_data : (sources, y), optional
+            An explicit validation set (e.g. the split another experiment used);
+            replaces the ``validation_fraction`` split.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        FeatxError
+            Invalid parameters; labels that do not match the images; an image
+            that cannot be read or decoded (:class:`~featx.errors.ImageDecodeError`,
+            naming it).
+        """
+        keras = import_keras()
+        from sklearn.model_selection import train_test_split
+        from sklearn.utils.class_weight import compute_class_weight
+
+        from .backbones import get_backbone
+
+        p = self._checked_params()
+        items = as_sources(sources)
+        y = np.asarray(y)
+        if y.ndim != 1 or len(y) != len(items):
+            raise FeatxError(f"y must be 1-D with one label per image; got shape {y.shape} "
+                             f"for {len(items)} images")
+        encoder = LabelEncoder().fit(y)
+        classes = encoder.classes_
+        if len(classes) < 2:
+            raise FeatxError(f"need at least 2 classes to train a classifier; got {list(classes)}")
+        y_enc = encoder.transform(y).astype(np.int32)
+
+        if validation_data is not None:
+            v_sources, v_y = validation_data
+            train_items, train_y = items, y_enc
+            val_items = as_sources(v_sources)
+            v_y = np.asarray(v_y)
+            unknown = set(np.unique(v_y)) - set(classes)
+            if len(v_y) != len(val_items) or unknown:
+                raise FeatxError("validation_data: expected one label per image, all of them "
+                                 f"seen in y; got {len(v_y)} labels for {len(val_items)} images"
+                                 + (f", unknown labels {sorted(unknown)[:5]}" if unknown else ""))
+            val_y = encoder.transform(v_y).astype(np.int32)
+        elif self.validation_fraction:
+            try:
+                train_idx, val_idx = train_test_split(
+                    np.arange(len(items)), test_size=float(self.validation_fraction),
+                    stratify=y_enc, random_state=p["seed"])
+            except ValueError as exc:
+                raise FeatxError(
+                    f"cannot hold out a stratified validation_fraction="
+                    f"{self.validation_fraction} of {len(items)} images in {len(classes)} "
+                    f"classes ({exc}); pass validation_fraction=0 or more images") from exc
+            train_items = [items[i] for i in train_idx]
+            train_y = y_enc[train_idx]
+            val_items, val_y = [items[i] for i in val_idx], y_enc[val_idx]
+        else:
+            train_items, train_y, val_items, val_y = items, y_enc, [], None
+
+        cw = None
+        if self.class_weight == "balanced":
+            present = np.unique(train_y)
+            weights = compute_class_weight("balanced", classes=present, y=train_y)
+            cw = {int(c): float(w) for c, w in zip(present, weights)}
+        elif isinstance(self.class_weight, dict):
+            unknown = [label for label in self.class_weight if label not in set(classes)]
+            if unknown:
+                raise FeatxError(f"class_weight names labels that are not in y: {unknown[:5]}; "
+                                 f"expected some of {list(classes)[:10]}")
+            cw = {int(encoder.transform([label])[0]): float(w)
+                  for label, w in self.class_weight.items()}
+
+        from_scratch = self.weights is None and p["unfreeze"] == "all"
+        bb = get_backbone(self.backbone, weights=self.weights, input_size=self.input_size,
+                          pooling="avg", seed=p["seed"] if p["seed"] is not None else 0)
+        model = self._build(bb, len(classes), p, from_scratch)
+
+        threads = max(2, min(8, os.cpu_count() or 2))
+        Batches = _classes()["ImageBatches"]
+        train_ds = Batches(train_items, train_y, size=bb.input_size,
+                           batch_size=int(self.batch_size), policy=self.policy, shuffle=True,
+                           seed=_sub_seed(p["seed"], 7), threads=threads)
+        val_ds = None
+        if val_items:
+            val_ds = Batches(val_items, val_y, size=bb.input_size,
+                             batch_size=int(self.batch_size), policy=self.policy, threads=threads)
+
+        history: Dict[str, list] = {key: [] for key in (*_HISTORY_KEYS, "phase")}
+        phases: List[dict] = []
+        unfrozen: List[str] = []
+        try:
+            for phase in (1, 2):
+                n_epochs = p["epochs"][phase - 1]
+                if phase == 2 and (p["unfreeze"] == 0 or n_epochs == 0):
+                    break
+                names = _set_phase(model, phase, p["unfreeze"], from_scratch)
+                if phase == 2:
+                    unfrozen = names
+                # Recompile after changing `trainable`: the train step and the
+                # optimizer are built for one set of trainable variables.
+                model.compile(optimizer=keras.optimizers.Adam(p["lr"][phase - 1]),
+                              loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                info = dict(phase=phase, lr=p["lr"][phase - 1], epochs=n_epochs, epochs_run=0,
+                            trainable_weights=len(model.trainable_weights),
+                            trainable_params=_n_params(model.trainable_weights))
+                phases.append(info)
+                if n_epochs == 0:
+                    continue
+                callbacks = []
+                if val_ds is not None and p["patience"]:
+                    callbacks.append(keras.callbacks.EarlyStopping(
+                        monitor="val_loss", patience=p["patience"], restore_best_weights=True))
+                try:
+                    result = model.fit(train_ds, validation_data=val_ds, epochs=n_epochs,
+                                       class_weight=cw, callbacks=callbacks, shuffle=False,
+                                       verbose=self.verbose)
+                except Exception:
+                    # tf.data wraps errors raised in the PyDataset; give back ours.
+                    error = train_ds.error or (val_ds.error if val_ds is not None else None)
+                    if error is not None:
+                        raise error from None
+                    raise
+                run = len(result.history.get("loss", []))
+                info["epochs_run"] = run
+                for key in _HISTORY_KEYS:
+                    values = result.history.get(key, [])
+                    history[key].extend(float(v) for v in values)
+                    history[key].extend([float("nan")] * (run - len(values)))
+                history["phase"].extend([phase] * run)
+        finally:
+            train_ds.close()
+            if val_ds is not None:
+                val_ds.close()
+
+        # A fresh, unbuilt optimizer: Adam's moments are not kept, so saved models
+        # and pickles carry weights only (continuing training starts Adam anew).
+        model.compile(optimizer=keras.optimizers.Adam(p["lr"][-1]),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        self.model_ = model
+        self.classes_ = classes
+        self.history_ = history
+        self.phases_ = phases
+        self.unfrozen_layers_ = unfrozen
+        self.input_size_ = bb.input_size
+        self.backbone_info_ = bb.describe()
+        self.__dict__.pop("_model_file", None)
+        return self
+
+    # -- prediction ----------------------------------------------------------
+
+    def _check_fitted(self):
+        if getattr(self, "model_", None) is None:
+            if getattr(self, "_model_file", None):
+                raise NotFittedError(
+                    f"this FineTuneClassifier was loaded without its Keras model "
+                    f"({self._model_file!r}); load it with FineTuneClassifier.load(path)")
+            raise NotFittedError("this FineTuneClassifier is not fitted yet; call fit first")
+
+    def predict_proba(self, sources) -> np.ndarray:
+        """Class probabilities, ``(n, len(classes_))`` float32, in input order.
+
+        Images stream through the same decoder and batches as training, and
+        the model runs with ``training=False`` (no augmentation, no dropout).
+        """
+        from .engine import compiled_forward
+
+        self._check_fitted()
+        items = as_sources(sources)
+        bs = int(self.batch_size)
+        ds = _classes()["ImageBatches"](items, None, size=self.input_size_, batch_size=bs,
+                                        policy=self.policy,
+                                        threads=max(2, min(8, os.cpu_count() or 2)))
+        # One compiled forward at one batch shape (last batch padded), as the engine does.
+        forward = compiled_forward(self.model_, (bs, self.input_size_, self.input_size_, 3))
+        out = np.empty((len(items), len(self.classes_)), dtype=np.float32)
+        # Decode batch i + 1 while batch i runs through the model.
+        with ThreadPoolExecutor(1, thread_name_prefix="featx-finetune-prefetch") as prefetch:
+            try:
+                pending = prefetch.submit(ds.pixels, 0)
+                for i in range(len(ds)):
+                    x = pending.result()
+                    if i + 1 < len(ds):
+                        pending = prefetch.submit(ds.pixels, i + 1)
+                    n = len(x)
+                    if n < bs:
+                        x = np.concatenate([x, np.zeros((bs - n, *x.shape[1:]), np.float32)])
+                    out[i * bs:i * bs + n] = np.asarray(forward(x), dtype=np.float32)[:n]
+            finally:
+                ds.close()
+        return out
+
+    def predict(self, sources) -> np.ndarray:
+        """The most probable label of each image (values of ``classes_``)."""
+        return self.classes_[np.argmax(self.predict_proba(sources), axis=1)]
+
+    # -- persistence ---------------------------------------------------------
+
+    def __getstate__(self):
+        # BaseEstimator's state adds the scikit-learn version (checked on load).
+        # (It may be the instance's own __dict__ on Python >= 3.11: copy before popping.)
+        state = dict(super().__getstate__())
+        model = state.pop("model_", None)
+        if model is not None:
+            # A Keras model does not pickle reliably (backend tensors, compiled
+            # functions); its .keras file does.
+            state["_model_keras_bytes"] = _model_to_bytes(model)
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        data = state.pop("_model_keras_bytes", None)
+        super().__setstate__(state)
+        if data is not None:
+            self.model_ = _model_from_bytes(data)
+
+    def save(self, path) -> str:
+        """Write ``<path>.keras`` (the model) and ``<path>.joblib`` (this wrapper).
+
+        The ``.joblib`` file holds the parameters, ``classes_``, ``history_``
+        and the other fitted attributes, not the model; load both with
+        :meth:`load`. A trailing ``.keras`` or ``.joblib`` on ``path`` is
+        ignored. The ``.keras`` file alone is a plain Keras model (raw pixels
+        in, probabilities out) once :func:`custom_objects` is registered.
+
+        Returns
+        -------
+        str
+            The stem both files share.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> clf = FineTuneClassifier()
+        >>> clf.save(os.path.join(tempfile.mkdtemp(), "m"))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        sklearn.exceptions.NotFittedError: this FineTuneClassifier is not fitted yet; ...
+        """
+        import joblib
+
+        self._check_fitted()
+        stem = _stem(path)
+        Path(stem).parent.mkdir(parents=True, exist_ok=True)
+        keras = import_keras()
+        keras.saving.save_model(self.model_, stem + ".keras")
+        # A shell without the model (copy.copy would go through __getstate__ and
+        # serialise the model a second time).
+        shell = self.__class__.__new__(self.__class__)
+        shell.__dict__.update({k: v for k, v in self.__dict__.items() if k != "model_"})
+        shell._model_file = os.path.basename(stem) + ".keras"
+        joblib.dump(shell, stem + ".joblib")
+        return stem
+
+    @classmethod
+    def load(cls, path) -> "FineTuneClassifier":
+        """Read what :meth:`save` wrote (``path`` with or without a suffix).
+
+        Only load files you trust: ``.joblib`` is a pickle.
+        """
+        import joblib
+
+        stem = _stem(path)
+        if not os.path.isfile(stem + ".joblib"):
+            raise FeatxError(f"{stem + '.joblib'!r} does not exist; expected the files "
+                             "FineTuneClassifier.save wrote (<path>.joblib and <path>.keras)")
+        est = joblib.load(stem + ".joblib")
+        if not isinstance(est, cls):
+            raise FeatxError(f"{stem + '.joblib'!r} holds a {type(est).__name__}, expected a "
+                             f"{cls.__name__}")
+        model_file = est.__dict__.pop("_model_file", None) or os.path.basename(stem) + ".keras"
+        est.model_ = _load_model_file(os.path.join(os.path.dirname(stem + ".joblib"),
+                                                   model_file))
+        return est
+
+
+def load(path) -> FineTuneClassifier:
+    """:meth:`FineTuneClassifier.load`."""
+    return FineTuneClassifier.load(path)
