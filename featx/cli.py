@@ -88,9 +88,11 @@ def _cmd_embed(args) -> int:
 
     get_spec(args.backbone)  # a typo in the name is reported before any folder is scanned
     sources = _embed_sources(args.src)
+    store = EmbeddingStore(args.cache, dtype=args.dtype)
+    if args.workers or args.scheduler:
+        return _embed_on_cluster(args, sources, store)
     bb = get_backbone(args.backbone, weights=_weights_arg(args.weights),
                       input_size=args.input_size, pooling=args.pooling)
-    store = EmbeddingStore(args.cache, dtype=args.dtype)
     embedder = Embedder(bb, store=store, batch_size=args.batch_size, on_error=args.on_error,
                         progress=False if args.quiet or args.json else None)
     _, mask = embedder.embed(sources, return_mask=True)
@@ -111,6 +113,33 @@ def _cmd_embed(args) -> int:
               f"{stats['forward_s']}, write {stats['write_s']}, total {stats['total_s']}")
         for failure in embedder.failures_:
             print(f"skipped {failure.source}: {failure.reason}")
+    return 0
+
+
+def _embed_on_cluster(args, sources, store) -> int:
+    from .distributed import embed_with_cluster
+
+    if args.workers is not None and args.workers < 1:
+        raise _UsageError("featx embed: --workers must be at least 1")
+    _, stats = embed_with_cluster(
+        sources, dict(name=args.backbone, weights=_weights_arg(args.weights),
+                      input_size=args.input_size, pooling=args.pooling),
+        store, workers=args.workers, scheduler=args.scheduler, batch_size=args.batch_size,
+        on_error=args.on_error, shard_size=args.shard_size, hash_on=args.hash_on,
+        return_vectors=False)
+    summary = {k: v for k, v in stats.items() if k != "shard_stats"}
+    if args.json:
+        json.dump({"backbone": args.backbone, "cache": args.cache, "stats": summary},
+                  sys.stdout, indent=2, default=_jsonable)
+        sys.stdout.write("\n")
+    elif not args.quiet:
+        where = args.scheduler or f"local cluster of {args.workers} worker(s)"
+        print(f"{args.backbone} on {where} -> {args.cache}")
+        print(", ".join(f"{k} {summary[k]}" for k in
+                        ("images", "unique", "cache_hits", "shards", "forwarded", "failed")
+                        if k in summary))
+        for index, source, reason in summary.get("failures", []):
+            print(f"skipped {source}: {reason}")
     return 0
 
 
@@ -358,6 +387,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-error", choices=["raise", "skip"], default="raise")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no summary")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, help="embed on a local Dask cluster of N "
+                       "single-threaded workers (needs featx[dask])")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="embed on an existing Dask cluster, e.g. tcp://host:8786")
+    p.add_argument("--shard-size", type=int, default=256, help="images per Dask task")
+    p.add_argument("--hash-on", choices=["driver", "workers"], default="driver",
+                   help="where new files are read and hashed (workers: for network filesystems)")
     p.set_defaults(func=_cmd_embed)
 
     p = sub.add_parser("baseline", help="backbones x heads under CV, with an HTML report")

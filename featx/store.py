@@ -1363,15 +1363,10 @@ class EmbeddingStore:
                 if not absent.all():
                     k, stored = k[absent], stored[absent]
                 appended = self._append(f, g, idx, meta, k, stored)
-            if forwarded:
-                # After the commit: a crash in between under-counts, never over-counts.
-                total = int(g.attrs.get("forwarded", 0)) + int(forwarded)
-                if "forwarded" in g.attrs:
-                    g.attrs.modify("forwarded", np.int64(total))
-                else:
-                    g.attrs["forwarded"] = np.int64(total)
-                f.flush()
-            return appended
+        if forwarded:
+            # After the commit: a crash in between under-counts, never over-counts.
+            self._add_forwarded(fp, forwarded)
+        return appended
 
     def forwarded(self, fingerprint: str) -> int:
         """Total vectors that forward passes offered to :meth:`put` for ``fingerprint``.
@@ -1603,4 +1598,22 @@ class EmbeddingStore:
             for keys, vectors in src.iter_rows(fp, batch=batch):
                 n += self.put(fp, keys, vectors, spec=spec)
             counts[fp] = n
+            if n:
+                # Carry the shard's forward audit over (once: a re-merge appends nothing), so
+                # forwarded() == count() still proves "each image forwarded once" after a merge.
+                self._add_forwarded(fp, src.forwarded(fp))
         return counts
+
+    def _add_forwarded(self, fp: str, n: int) -> None:
+        if not n:
+            return
+        with self._writing() as f:
+            g = self._group(f, fp)
+            if g is None:
+                return
+            total = int(g.attrs.get("forwarded", 0)) + int(n)
+            if "forwarded" in g.attrs:
+                g.attrs.modify("forwarded", np.int64(total))
+            else:
+                g.attrs["forwarded"] = np.int64(total)
+            f.flush()

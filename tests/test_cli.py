@@ -155,3 +155,14 @@ def test_baseline_bad_input_exits_2(case, reason, tmp_path):
     assert result.returncode == 2, result.stderr
     assert reason in result.stderr.lower() or reason in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_embed_on_a_local_dask_cluster(tree, tmp_path):
+    pytest.importorskip("distributed")
+    cache = tmp_path / "emb.h5"
+    result = run("embed", tree, "--backbone", "mobilenet_v2", "--weights", "none",
+                 "--input-size", "32", "--cache", cache, "--workers", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout)["stats"]
+    assert stats["forwarded"] == 8 and stats["failed"] == 0
+    assert run("cache", "verify", cache).returncode == 0
