@@ -153,7 +153,7 @@ _KEYS = _KeyCache()
 _FORWARD_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def compiled_forward(model, batch_shape: Tuple[int, ...]):
+def compiled_forward(model, batch_shape: Tuple[int, ...], jit_compile: bool = False):
     """The compiled forward of ``model`` at ``batch_shape``, built once per model and shape.
 
     Many Embedders share one backbone in a grid search; compiling per Embedder
@@ -170,19 +170,25 @@ def compiled_forward(model, batch_shape: Tuple[int, ...]):
     (2, 1280)
     """
     per_model = _FORWARD_CACHE.setdefault(model, {})
-    if batch_shape not in per_model:
-        per_model[batch_shape] = _build_forward(model, batch_shape)
-    return per_model[batch_shape]
+    if (batch_shape, jit_compile) not in per_model:
+        per_model[batch_shape, jit_compile] = _build_forward(model, batch_shape, jit_compile)
+    return per_model[batch_shape, jit_compile]
 
 
-def _build_forward(model, batch_shape: Tuple[int, ...]):
-    """``x -> model(x, training=False)`` compiled once for one fixed input shape."""
+def _build_forward(model, batch_shape: Tuple[int, ...], jit_compile: bool = False):
+    """``x -> model(x, training=False)`` compiled once for one fixed input shape.
+
+    ``jit_compile`` asks TensorFlow for XLA (JAX always compiles with XLA; the
+    torch backend runs eagerly under ``no_grad``). Outputs are float32 whatever
+    the compute dtype.
+    """
     keras = import_keras()
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True,
+        fn = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32),
+                         reduce_retracing=True, jit_compile=bool(jit_compile),
                          input_signature=[tf.TensorSpec(batch_shape, tf.float32)])
         return lambda x: fn(x).numpy()
     if backend == "jax":
@@ -192,16 +198,19 @@ def _build_forward(model, batch_shape: Tuple[int, ...]):
         # Variable values are read at each call, so a model trained after its first
         # forward (the fine-tuner) is never run with stale weights.
         return lambda x: np.asarray(fn([v.value for v in model.trainable_variables],
-                                       [v.value for v in model.non_trainable_variables], x))
+                                       [v.value for v in model.non_trainable_variables], x),
+                                    dtype=np.float32)
     if backend == "torch":
         import torch
 
         def run(x):
             with torch.no_grad():
-                return keras.ops.convert_to_numpy(model(x, training=False))
+                out = model(x, training=False)
+                return keras.ops.convert_to_numpy(keras.ops.cast(out, "float32"))
 
         return run
-    return lambda x: keras.ops.convert_to_numpy(model(x, training=False))
+    return lambda x: keras.ops.convert_to_numpy(
+        keras.ops.cast(model(x, training=False), "float32"))
 
 
 # ----------------------------------------------------------------- the engine
@@ -247,6 +256,10 @@ class Embedder:
         twice (a grid search with ``n_jobs > 1``).  On one machine this costs
         little — one forward already uses every core.  False lets processes
         forward in parallel at the price of possible duplicate work.
+    jit_compile : bool, default False
+        Compile the forward pass with XLA on the TensorFlow backend (worth it
+        on GPUs; JAX always uses XLA; ignored on torch). Vectors equal the
+        non-XLA ones to float tolerance, so they share the backbone's fingerprint.
 
     Attributes
     ----------
@@ -274,7 +287,7 @@ class Embedder:
     def __init__(self, backbone: Union[Backbone, str], store=None, batch_size: int = 32,
                  on_error: str = "raise", progress: Optional[bool] = None,
                  policy: str = "squash", workers: Optional[int] = None,
-                 exclusive_forward: bool = True):
+                 exclusive_forward: bool = True, jit_compile: bool = False):
         if isinstance(backbone, str):
             backbone = get_backbone(backbone)
         if not isinstance(backbone, Backbone):
@@ -297,6 +310,7 @@ class Embedder:
         self.failures_: List[EmbedFailure] = []
         self.mask_ = np.zeros(0, dtype=bool)
         self.exclusive_forward = bool(exclusive_forward)
+        self.jit_compile = bool(jit_compile)
         self._forward = None
 
     # -- public -------------------------------------------------------------
@@ -339,7 +353,7 @@ class Embedder:
     def _forward_batch(self, pixels: np.ndarray) -> np.ndarray:
         if self._forward is None:
             shape = (self.batch_size, *self.backbone.input_shape)
-            self._forward = compiled_forward(self.backbone.model, shape)
+            self._forward = compiled_forward(self.backbone.model, shape, self.jit_compile)
         n = len(pixels)
         if n < self.batch_size:  # pad to the one compiled shape
             pad = np.zeros((self.batch_size - n, *pixels.shape[1:]), dtype=np.float32)
@@ -561,6 +575,10 @@ class _Run:
 
     def execute(self) -> None:
         if self.e.store is not None:
+            # Robustness fix (tests/robustness): refuse a group stored under this
+            # fingerprint with another spec or dim before serving any vector from it
+            # (reads never compared specs; another dim crashed inside numpy).
+            self.e.store.check_compatible(self.bb.fingerprint, self.spec, self.bb.dim)
             # Read the store's key index now, before the forward thread can hold the
             # writer lock: the producer then recognises stored keys from memory.
             self.e.store.lookup(self.bb.fingerprint, [])

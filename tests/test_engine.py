@@ -49,6 +49,7 @@ def direct_vectors(bb, paths):
     return np.asarray(bb.model(bb.preprocess(pixels), training=False))
 
 
+@pytest.mark.backend_smoke
 def test_vectors_equal_a_direct_call_in_input_order(bb, tmp_path):
     paths = make_jpegs(tmp_path / "imgs", 21)
     shuffled = [paths[i] for i in np.random.RandomState(1).permutation(len(paths))]
@@ -110,6 +111,7 @@ def test_without_a_store_the_process_memo_prevents_re_embedding(bb, tmp_path):
     assert again.stats["forwarded"] == 0 and again.stats["cache_hits"] == 12
 
 
+@pytest.mark.backend_smoke
 def test_uint8_arrays_are_sources_too(bb):
     images = np.random.RandomState(3).randint(0, 256, (5, SIZE, SIZE, 3)).astype(np.uint8)
     emb = Embedder(bb, batch_size=4, progress=False)

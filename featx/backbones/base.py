@@ -7,6 +7,7 @@ changes: name, weights, input size, pooling, preprocessing mode, dtype.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -36,7 +37,9 @@ __all__ = ["Backbone", "get_backbone", "POOLINGS", "DTYPES", "imagenet_class_nam
            "decode_predictions", "offline_available"]
 
 POOLINGS = ("avg", "max", "gem")
-DTYPES = ("float32",)
+#: Compute dtypes → Keras dtype policies. Variables stay float32 in every case (so
+#: weights load and assign the same way); "bfloat16" is Keras' mixed_bfloat16.
+DTYPES = {"float32": "float32", "mixed_float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 #: Bumped when the fingerprint recipe changes, so old store groups are not reused.
 FINGERPRINT_VERSION = 1
 
@@ -200,6 +203,17 @@ def _construct(spec: BackboneSpec, input_size: int, include_top: bool, keras_wei
                          f"include_top={include_top}: {exc}") from exc
 
 
+@contextlib.contextmanager
+def _dtype_policy(policy: str):
+    keras = import_keras()
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def get_backbone(name: str, weights: Union[str, Path, None] = "packaged", input_size: Optional[int] = None,
                  pooling: str = "avg", *, include_top: bool = False, dtype: str = "float32",
                  seed: int = 0) -> Backbone:
@@ -219,8 +233,11 @@ def get_backbone(name: str, weights: Union[str, Path, None] = "packaged", input_
         How the last feature map becomes a vector.
     include_top : bool, default False
         Keep the ImageNet classifier: the model then outputs 1000 logits.
-    dtype : {"float32"}
-        Compute dtype.
+    dtype : {"float32", "mixed_float16", "bfloat16"}
+        Compute dtype. The reduced ones are for accelerators (on a CPU they are
+        slower); variables stay float32, vectors come back as float32, and the
+        dtype is part of the fingerprint, so their vectors never mix with
+        float32 ones.
     seed : int, default 0
         Seed of the random initialisation when ``weights=None``.
 
@@ -249,7 +266,7 @@ def get_backbone(name: str, weights: Union[str, Path, None] = "packaged", input_
     if pooling not in POOLINGS:
         raise FeatxError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if dtype not in DTYPES:
-        raise FeatxError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        raise FeatxError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     size = int(input_size or spec.input_size)
     if size < spec.min_size:
         raise FeatxError(f"{spec.name} needs input_size >= {spec.min_size}, got {size}")
@@ -258,7 +275,9 @@ def get_backbone(name: str, weights: Union[str, Path, None] = "packaged", input_
         packaged.load_packaged(spec.packaged, spec.name)
 
     keras = import_keras()
-    with _BUILD_LOCK:  # Keras' global name counters and our download watch are process-wide
+    # Keras layers take the global dtype policy when they are created: set it for the
+    # build only. Keras' name counters and our download watch are process-wide too.
+    with _BUILD_LOCK, _dtype_policy(DTYPES[dtype]):
         if choice == "random":
             with seeded_init(seed):
                 core = _construct(spec, size, include_top, None)
