@@ -37,7 +37,7 @@ import numpy as np
 
 from ._env import import_keras
 from .backbones import Backbone, get_backbone
-from .errors import FeatxError, ImageDecodeError
+from .errors import FeatxError
 from .images import Source, as_sources, decode_image, read_bytes, source_key
 from .store import EmbeddingStore
 

