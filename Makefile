@@ -44,6 +44,14 @@ test-all: install
 	$(PY) -m pytest -m "not gpu and not network" $(PYTEST_ARGS); \
 	rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
+# Robustness at full strength: 20 SIGKILLs, 1000 fuzz examples per property, more
+# concurrent keys; writes the numbers docs/reliability.md quotes to build/reliability/.
+TORTURE_ENV ?= FEATX_TORTURE_KILLS=20 FEATX_HYPOTHESIS_PROFILE=torture \
+	FEATX_FUZZ_EXAMPLES=1000 FEATX_CONCURRENCY_KEYS=1000 FEATX_RESULTS_DIR=build/reliability
+torture: install
+	$(TORTURE_ENV) $(PY) -m pytest -m "slow or not slow" tests/robustness $(PYTEST_ARGS)
+	$(PY) tests/robustness/make_table.py --results build/reliability > build/reliability/table.md
+
 bench: install
 	$(PY) benchmarks/bench_extract.py
 	$(PY) benchmarks/bench_search.py

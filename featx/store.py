@@ -1196,6 +1196,16 @@ class EmbeddingStore:
         except json.JSONDecodeError as exc:
             problems.append(f"{where}: spec is not valid JSON ({exc})")
         dim, dtype, committed = int(a["dim"]), str(a["dtype"]), int(a["committed"])
+        # Robustness fix (tests/robustness): a spec that names another fingerprint or
+        # width than its group holds is a foreign or hand-edited group; report it.
+        if isinstance(spec, dict):
+            if "fingerprint" in spec and spec["fingerprint"] != name:
+                problems.append(
+                    f"{where}: its spec names fingerprint {spec['fingerprint']!r}; the group "
+                    "holds vectors of another backbone than its spec says"
+                )
+            if "dim" in spec and spec["dim"] != dim:
+                problems.append(f"{where}: spec says dim {spec['dim']!r}, the group stores {dim}")
         if dtype not in SUPPORTED_DTYPES:
             problems.append(f"{where}: dtype attribute {dtype!r} is not one of {SUPPORTED_DTYPES}")
             return None
@@ -1422,8 +1432,45 @@ class EmbeddingStore:
             )
         return h
 
+    def check_compatible(
+        self, fingerprint: str, spec: Mapping[str, Any], dim: int | None = None
+    ) -> None:
+        """Raise if the group of ``fingerprint`` was stored with another spec or ``dim``.
+
+        Reading vectors never compared specs, so a group written under a backbone's
+        fingerprint with another backbone's spec or width (a hand-edited or foreign file)
+        was served silently -- or, with another ``dim``, crashed deep inside numpy.
+        Robustness fix (tests/robustness): the engine calls this once per ``embed``,
+        before it reads any vector. Nothing happens when the group does not exist.
+
+        Raises
+        ------
+        FingerprintMismatchError
+            The stored spec differs (free-form fields aside) or the dim differs.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from featx.store import EmbeddingStore
+        >>> store = EmbeddingStore(os.path.join(tempfile.mkdtemp(), "emb.h5"))
+        >>> _ = store.put("ab" * 32, [b"k" * 32], np.ones((1, 2), np.float32), spec={"name": "m"})
+        >>> store.check_compatible("ab" * 32, {"name": "m"}, 2)
+        >>> store.check_compatible("ab" * 32, {"name": "n"}, 2)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        featx.errors.FingerprintMismatchError: ...differing fields: name: stored 'm', given 'n'...
+        """
+        fp = _check_fp(fingerprint)
+        spec_obj, _ = _canonical_spec(spec)
+        with self._reading() as f:
+            g = self._group(f, fp)
+            if g is not None:
+                self._check_compatible(g, fp, spec_obj, dim, check_dtype=False)
+
     def _check_compatible(
-        self, g: h5py.Group, fp: str, spec_obj: dict | None, dim: int | None
+        self, g: h5py.Group, fp: str, spec_obj: dict | None, dim: int | None,
+        check_dtype: bool = True,
     ) -> None:
         meta = self._meta(g)
         if spec_obj is not None:
@@ -1446,7 +1493,7 @@ class EmbeddingStore:
                 f"{self.path!r}: backbone {fp} stores {meta['dim']}-dimensional vectors, got "
                 f"{dim}-dimensional ones"
             )
-        if meta["dtype"] != self.dtype:
+        if check_dtype and meta["dtype"] != self.dtype:
             raise StoreError(
                 f"{self.path!r}: backbone {fp} is stored as {meta['dtype']}, but this "
                 f"EmbeddingStore was created with dtype={self.dtype!r}; vectors are not "
