@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from joblib import effective_n_jobs
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import get_scorer
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, check_cv
 from sklearn.pipeline import Pipeline
@@ -27,7 +28,7 @@ from .heads import GRIDS, make_head, resolve_kind
 from .images import as_sources
 from .sklearn import ImageEmbedder, RawPixels
 
-__all__ = ["baseline", "Leaderboard", "RAW_PIXELS"]
+__all__ = ["baseline", "Leaderboard", "RAW_PIXELS", "FINETUNE_DEFAULTS", "FINETUNE_PROTOCOL"]
 
 log = logging.getLogger("featx")
 
@@ -70,6 +71,19 @@ class Leaderboard:
         Inputs that could not be embedded and were left out: (position, source).
     embed_stats_ : dict
         Backbone → the engine's counters for its one embedding pass.
+    finetuned_ : dict
+        With ``finetune=True``: ``(backbone, "fine-tuned")`` and
+        ``(backbone, "scratch")`` → the fitted :class:`~featx.FineTuneClassifier`
+        (trained on fold 0's training images only). Empty otherwise.
+    histories_ : dict
+        The same keys → that classifier's ``history_`` (per-epoch loss and
+        accuracy, for training curves).
+
+    Every row has a ``protocol``: ``"<k>-fold CV"`` for the grid-searched
+    heads, ``"held-out fold 0"`` for the fine-tuning rows (one split: fine-tuning
+    under full CV would cost k trainings). Scores of the two protocols estimate
+    the same quantity on the same images but are not equally precise, so
+    :attr:`best_` is chosen among the cross-validated rows only.
 
     Examples
     --------
@@ -89,7 +103,8 @@ class Leaderboard:
     def __init__(self, rows: List[dict], *, metrics: Sequence[str], scoring: Dict[str, str],
                  primary: str, splits, classes, estimators: dict, searches: dict,
                  n_samples: int, dropped: List[Tuple[int, str]], embed_stats: dict,
-                 cv_description: str):
+                 cv_description: str, finetuned: Optional[dict] = None,
+                 histories: Optional[dict] = None):
         self.metrics = list(metrics)
         self.scoring = dict(scoring)
         self.primary = primary
@@ -101,6 +116,8 @@ class Leaderboard:
         self.dropped_ = dropped
         self.embed_stats_ = embed_stats
         self.cv_description = cv_description
+        self.finetuned_ = dict(finetuned or {})
+        self.histories_ = dict(histories or {})
         lower_better = primary == "log_loss"
 
         def order(row):
@@ -117,7 +134,15 @@ class Leaderboard:
 
     @property
     def best_(self) -> dict:
-        """The top row."""
+        """The top cross-validated row (the top row unless fine-tuning rows lead).
+
+        Fine-tuning rows (``protocol == "held-out fold 0"``) are scored on one
+        split and their models saw only that split's training images, so they
+        are compared on the board but never picked as the refit winner.
+        """
+        for row in self.rows:
+            if (row["backbone"], row["head"]) in self.estimators_:
+                return row
         return self.rows[0]
 
     @property
@@ -139,8 +164,9 @@ class Leaderboard:
         for m in ordered:
             cols += [m, f"{m}_std"]
         tests = [f"test_{m}" for m in ordered if any(f"test_{m}" in r for r in self.rows)]
-        return cols + tests + ["fit_s", "predict_s", "search_s", "n_features", "n_candidates",
-                               "best_params"]
+        # protocol after the scores: the leading columns stay rank, backbone, head, metric.
+        return cols + tests + ["protocol", "fit_s", "predict_s", "search_s", "n_features",
+                               "n_candidates", "best_params"]
 
     def to_frame(self):
         """The board as a pandas DataFrame, best row first (index: rank).
@@ -172,7 +198,7 @@ class Leaderboard:
         ordered = [self.primary] + [m for m in self.metrics if m != self.primary]
         tests = [m for m in ordered if any(f"test_{m}" in r for r in self.rows)]
         head = ["rank", "backbone", "head", *ordered, *[f"test {m}" for m in tests],
-                "fit s", "predict s", "features", "best params"]
+                "protocol", "fit s", "predict s", "features", "best params"]
 
         def num(v, d=digits):
             return "—" if v is None or v != v else f"{v:.{d}f}"
@@ -189,6 +215,7 @@ class Leaderboard:
             cells = [str(r["rank"]), r["backbone"], r["head"]]
             cells += [f"{num(r.get(m))} ± {num(r.get(m + '_std'))}" for m in ordered]
             cells += [num(r.get(f"test_{m}")) for m in tests]
+            cells += [str(r.get("protocol", "—"))]
             cells += [num(r.get("fit_s"), 3), num(r.get("predict_s"), 3), str(r["n_features"]),
                       _params_text(r.get("best_params"))]
             lines.append("| " + " | ".join(cells) + " |")
@@ -310,12 +337,122 @@ def _test_scores(clf, X, y, scorers, negated) -> dict:
     return out
 
 
+# ----------------------------------------------------------------- fine-tuning rows
+
+#: Defaults of the ``"fine-tuned"`` row (:class:`~featx.FineTuneClassifier` parameters).
+#: Small on purpose: the rows are a comparison on one split, not a tuned model.
+FINETUNE_DEFAULTS = dict(unfreeze=20, epochs=(3, 3))
+
+#: Held-out protocol of the fine-tuning rows (see :class:`Leaderboard`).
+FINETUNE_PROTOCOL = "held-out fold 0"
+
+
+class _Scored(ClassifierMixin, BaseEstimator):
+    """Probabilities computed once, served to every scorer.
+
+    scikit-learn scorers call ``predict`` / ``predict_proba`` themselves; a
+    fine-tuned CNN would then run over the held-out images once per metric.
+    ``X`` is ignored: the instance only ever scores the images it was made for.
+    """
+
+    def __init__(self, classes, proba):
+        self.classes = classes
+        self.proba = proba
+        self.classes_ = np.asarray(classes)
+
+    def predict_proba(self, X):
+        return self.proba
+
+    def predict(self, X):
+        return self.classes_[np.argmax(self.proba, axis=1)]
+
+
+def _finetune_configs(backbone: str, weights, input_size, batch_size, random_state,
+                      finetune_params) -> Dict[str, dict]:
+    """``{"fine-tuned": params, "scratch": params}`` for :class:`~featx.FineTuneClassifier`."""
+    params = dict(finetune_params or {})
+    scratch_extra = params.pop("scratch", None) or {}
+    if not isinstance(scratch_extra, dict):
+        raise FeatxError(f"finetune_params['scratch'] must be a dict of FineTuneClassifier "
+                         f"parameters; got {type(scratch_extra).__name__}")
+    common = dict(backbone=backbone, input_size=input_size, batch_size=batch_size,
+                  random_state=random_state)
+    tuned = {**common, "weights": weights, **FINETUNE_DEFAULTS, **params}
+    e = tuned["epochs"]
+    total = 2 * int(e) if isinstance(e, (int, np.integer)) else int(sum(e))
+    # Scratch: same number of epochs, all in phase 2 (phase 1 would train a head on a
+    # random frozen base), at a learning rate that can move random weights (phase 2's
+    # fine-tuning default, 1e-5, cannot).
+    scratch = {**tuned, "epochs": (0, total), "lr": (1e-3, 1e-3), **scratch_extra,
+               "weights": None, "unfreeze": "all"}
+    return {"fine-tuned": tuned, "scratch": scratch}
+
+
+def _finetune_rows(items, y, split, configs: Dict[str, dict], scorers, metrics, negated,
+                   test_items=None, test_y=None):
+    """Train each config on ``split``'s training part, score on its test part.
+
+    Returns (rows, {head: fitted classifier}).
+    """
+    from .finetune import FineTuneClassifier
+
+    train, held = split
+    tr_items, te_items = [items[i] for i in train], [items[i] for i in held]
+    rows, fitted = [], {}
+    n_classes = len(np.unique(y[train]))
+    for head, params in configs.items():
+        frac = params.get("validation_fraction", 0.1)
+        n_val = int(np.ceil(float(frac or 0) * len(train)))
+        if frac and (n_val < n_classes or len(train) - n_val < n_classes):
+            # Too few images for a stratified validation split (FineTuneClassifier
+            # would refuse): train on all of fold 0's training part, no early stopping.
+            log.warning("featx baseline: %d training images are too few for a stratified "
+                        "validation_fraction=%s; fine-tuning without validation", len(train),
+                        frac)
+            params = {**params, "validation_fraction": 0}
+        try:
+            clf = FineTuneClassifier(**params)
+        except TypeError as exc:
+            raise FeatxError(f"finetune_params: {exc}") from exc
+        t = time.perf_counter()
+        clf.fit(tr_items, y[train])
+        fit_s = time.perf_counter() - t
+        t = time.perf_counter()
+        proba = clf.predict_proba(te_items)
+        scored = _Scored(clf.classes_, proba)
+        row = {"backbone": params["backbone"], "head": head, "protocol": FINETUNE_PROTOCOL,
+               "n_features": int(clf.backbone_info_.get("dim", 0))}
+        for name in metrics:
+            value = float(scorers[name](scored, te_items, y[held]))
+            row[name] = -value if name in negated else value
+            row[f"{name}_std"] = float("nan")  # one split: no spread to report
+        row["predict_s"] = time.perf_counter() - t
+        row["fit_s"] = fit_s
+        row["search_s"] = fit_s + row["predict_s"]
+        row["n_candidates"] = 1
+        row["best_params"] = {k: params[k] for k in ("weights", "unfreeze", "epochs", "lr")
+                              if k in params}
+        row["epochs_run"] = [ph["epochs_run"] for ph in clf.phases_]
+        if test_items is not None and len(test_items):
+            t_proba = _Scored(clf.classes_, clf.predict_proba(test_items))
+            for name in metrics:
+                value = float(scorers[name](t_proba, test_items, test_y))
+                row[f"test_{name}"] = -value if name in negated else value
+        rows.append(row)
+        fitted[head] = clf
+        log.info("featx baseline: %s %s on %s: %d train / %d held-out images, %.1f s",
+                 params["backbone"], head, FINETUNE_PROTOCOL, len(train), len(held),
+                 row["search_s"])
+    return rows, fitted
+
+
 # ----------------------------------------------------------------- baseline
 
 
 def baseline(sources, y=None, backbones=("efficientnet_lite0",), heads=("logreg", "svm", "xgboost"),
              cv=5, scoring=None, cache=None, random_state=0, n_jobs=None, weights="packaged",
-             input_size=None, batch_size=32, progress=False, test=None) -> Leaderboard:
+             input_size=None, batch_size=32, progress=False, test=None, finetune=False,
+             finetune_params=None) -> Leaderboard:
     """Cross-validate every backbone × head on frozen vectors; return a :class:`Leaderboard`.
 
     Each backbone embeds all unique images once, through the engine (with
@@ -358,6 +495,19 @@ def baseline(sources, y=None, backbones=("efficientnet_lite0",), heads=("logreg"
     test : (sources, y), optional
         A held-out set: each row's refit model is scored on it once
         (``test_<metric>`` columns).
+    finetune : bool, default False
+        Also train two :class:`~featx.FineTuneClassifier` rows for the first
+        backbone: ``"fine-tuned"`` (``weights``, top 20 layers unfrozen, epochs
+        (3, 3)) and ``"scratch"`` (``weights=None``, ``unfreeze="all"``, the same
+        6 epochs in phase 2 at lr 1e-3). Training a CNN per fold would cost k
+        trainings, so both are trained on fold 0's training images and scored on
+        fold 0's held-out images — the ``protocol`` column says so. Their
+        ``history_`` is kept in ``Leaderboard.histories_``.
+    finetune_params : dict, optional
+        FineTuneClassifier parameters overriding the defaults of both rows
+        (``epochs``, ``input_size``, ``augment`` …); a nested ``"scratch"`` dict
+        overrides the scratch row only. The scratch row always has
+        ``weights=None, unfreeze="all"``.
 
     Returns
     -------
@@ -434,10 +584,14 @@ def baseline(sources, y=None, backbones=("efficientnet_lite0",), heads=("logreg"
     if len(np.unique(y_kept)) < 2:
         raise FeatxError("fewer than 2 classes left after dropping undecodable images")
     splits, cv_text = _splits(cv, y_kept, random_state)
+    protocol = f"{cv}-fold CV" if isinstance(cv, int) else cv_text.split(" (")[0]
     kept_items = [items[i] for i in kept]
+    ft_configs = (_finetune_configs(backbone_names[0], weights, input_size, batch_size,
+                                    random_state, finetune_params) if finetune else {})
 
     # Optional held-out set: embedded once per backbone, like the training images.
     test_features: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+    test_kept = (None, None)
     if test is not None:
         if not isinstance(test, (tuple, list)) or len(test) != 2:
             raise FeatxError(f"test must be a (sources, y) pair; got {type(test).__name__}")
@@ -457,6 +611,7 @@ def baseline(sources, y=None, backbones=("efficientnet_lite0",), heads=("logreg"
                         "embedded", int(t_fail.sum()), len(t_items))
         t_keep = ~t_fail
         test_features = {name: (Xt[t_keep], t_y[t_keep]) for name, Xt in t_X.items()}
+        test_kept = ([t_items[i] for i in np.flatnonzero(t_keep)], np.asarray(t_y)[t_keep])
 
     # 2. Heads: one grid search per (backbone, head) on the cached vectors, same folds.
     plan = [(name, kind) for name in backbone_names for kind in kinds] + [(RAW_PIXELS, "logreg")]
@@ -468,7 +623,8 @@ def baseline(sources, y=None, backbones=("efficientnet_lite0",), heads=("logreg"
                               n_jobs=outer, error_score=np.nan)
         t = time.perf_counter()
         search.fit(X, y_kept)
-        row = {"backbone": name, "head": kind, "n_features": int(X.shape[1]),
+        row = {"backbone": name, "head": kind, "protocol": protocol,
+               "n_features": int(X.shape[1]),
                **_summarise(search, metrics, negated), "search_s": time.perf_counter() - t}
         if name in test_features:
             Xt, yt = test_features[name]
@@ -488,10 +644,23 @@ def baseline(sources, y=None, backbones=("efficientnet_lite0",), heads=("logreg"
                  primary, row.get(primary, float("nan")), row.get(f"{primary}_std", float("nan")),
                  row["n_candidates"], row["search_s"])
 
+    # 3. Optional fine-tuning rows: one held-out split (fold 0), same images as the folds.
+    finetuned, histories = {}, {}
+    if ft_configs:
+        ft_rows, fitted = _finetune_rows(kept_items, y_kept, splits[0], ft_configs, scorers,
+                                         metrics, negated, *test_kept)
+        rows.extend(ft_rows)
+        for head, clf in fitted.items():
+            finetuned[(backbone_names[0], head)] = clf
+            histories[(backbone_names[0], head)] = clf.history_
+        cv_text += f"; fine-tuning rows: trained on fold 0's training part, scored on its " \
+                   f"held-out part ({len(splits[0][1])} images)"
+
     board = Leaderboard(rows, metrics=metrics, scoring=described, primary=primary,
                         splits=[(kept[tr], kept[te]) for tr, te in splits], classes=classes,
                         estimators=estimators, searches=searches, n_samples=len(kept),
-                        dropped=dropped, embed_stats=embed_stats, cv_description=cv_text)
+                        dropped=dropped, embed_stats=embed_stats, cv_description=cv_text,
+                        finetuned=finetuned, histories=histories)
     log.info("featx baseline: %d rows in %.1f s; best %s × %s", len(rows),
              time.perf_counter() - start, board.best_["backbone"], board.best_["head"])
     return board

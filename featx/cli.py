@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+# Before anything imports TensorFlow: its C++ start-up chatter is not for CLI users.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from typing import Callable, Dict, List, Optional, Sequence
 
 from . import __version__
@@ -248,11 +252,19 @@ def _cmd_baseline(args) -> int:
     say = (lambda *a: None) if (args.quiet or args.json) else (lambda *a: print(*a, flush=True))
     say(f"featx baseline: {len(sources)} images, {len(names)} classes from {described}; "
         f"backbones {', '.join(args.backbone)}; heads {', '.join(args.head)}; "
-        f"{args.cv}-fold CV; cache {cache}")
+        f"{args.cv}-fold CV; cache {cache}"
+        + (f"; + fine-tuned and scratch {args.backbone[0]} on fold 0" if args.finetune else ""))
+    finetune_params = None
+    if args.finetune and args.finetune_epochs:
+        finetune_params = {"epochs": tuple(args.finetune_epochs)}
+    if args.finetune and not (args.quiet or args.json):
+        # Keras' one line per epoch: the only progress a minutes-long training shows.
+        finetune_params = {**(finetune_params or {}), "verbose": 2}
     board = baseline(sources, y, backbones=args.backbone, heads=args.head, cv=args.cv,
                      cache=cache, weights=_weights_arg(args.weights), input_size=args.input_size,
                      batch_size=args.batch_size, n_jobs=args.jobs,
-                     progress=not (args.quiet or args.json), test=test)
+                     progress=not (args.quiet or args.json), test=test,
+                     finetune=args.finetune, finetune_params=finetune_params)
     searched = time.perf_counter() - started
     if test is not None:
         eval_sources, eval_y = test
@@ -268,6 +280,9 @@ def _cmd_baseline(args) -> int:
     report = write_report(args.out, board, sources=eval_sources, y=eval_y, class_names=names,
                           proba=proba, evaluated_on=evaluated_on,
                           title=f"featx baseline — {described}",
+                          # Training curves of the fine-tuned row (None without --finetune).
+                          history=board.histories_.get((get_spec(args.backbone[0]).name,
+                                                        "fine-tuned")),
                           timings={"total (embed + search)": searched,
                                    "report": time.perf_counter() - started - searched})
     if args.json:
@@ -413,6 +428,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", help="HDF5 store (default OUT/embeddings.h5)")
     p.add_argument("--limit", type=int, help="keep the first LIMIT/n_classes images per class")
     p.add_argument("--jobs", "-j", type=int, default=None, help="parallel grid-search workers")
+    p.add_argument("--finetune", action="store_true",
+                   help="also fine-tune the first backbone (top 20 layers) and train it from "
+                        "scratch, on fold 0 only (slow: trains two CNNs); adds training curves "
+                        "to the report")
+    p.add_argument("--finetune-epochs", type=int, nargs=2, metavar=("HEAD", "TOP"),
+                   help="epochs of the two fine-tuning phases (default 3 3); scratch gets "
+                        "their sum")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=_cmd_baseline)

@@ -262,3 +262,63 @@ def test_lfw_subset_backbone_rows_beat_raw_pixels(tmp_path):
     for r in learnt:
         assert r["balanced_accuracy"] > floor["balanced_accuracy"], (r, floor)
     assert board.best_["backbone"] == "efficientnet_lite0"
+
+
+# ----------------------------------------------------------------- finetune=True (issue 6)
+
+#: The cheapest fine-tuning that still runs both kinds of row end to end.
+TINY_FT = dict(epochs=(1, 0), augment=None, validation_fraction=0, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def ft_board(tree):
+    paths, y = tree
+    return featx.baseline(paths, y, heads=["logreg"], cv=3, finetune=True,
+                          finetune_params=TINY_FT, **SMALL)
+
+
+def test_finetune_rows_are_held_out_fold_0_with_the_same_metrics(ft_board):
+    board = ft_board
+    by_head = {r["head"]: r for r in board.rows}
+    assert {"fine-tuned", "scratch"} <= set(by_head)
+    cv_rows = [r for r in board.rows if r["head"] not in ("fine-tuned", "scratch")]
+    assert {r["protocol"] for r in cv_rows} == {"3-fold CV"}
+    for head in ("fine-tuned", "scratch"):
+        row = by_head[head]
+        assert row["backbone"] == "mobilenet_v2"
+        assert row["protocol"] == "held-out fold 0"
+        for m in METRICS:
+            assert 0.0 <= row[m] or m == "log_loss"
+            assert np.isnan(row[f"{m}_std"])  # one split: no spread
+    # fine-tuned keeps the board's weights (None here) and unfreezes 20 by default;
+    # scratch is always weights=None, unfreeze="all", all epochs in phase 2.
+    assert by_head["fine-tuned"]["best_params"]["unfreeze"] == 20
+    assert by_head["scratch"]["best_params"]["unfreeze"] == "all"
+    assert by_head["scratch"]["best_params"]["epochs"] == (0, 1)
+    assert "protocol" in board.to_markdown() and "held-out fold 0" in board.to_markdown()
+    assert "protocol" in board.to_frame().columns
+
+
+def test_finetune_histories_and_models_are_kept_and_best_is_a_cv_row(ft_board, tree):
+    board = ft_board
+    key = ("mobilenet_v2", "fine-tuned")
+    assert set(board.histories_) == {key, ("mobilenet_v2", "scratch")}
+    assert board.histories_[key]["phase"] == [1]
+    clf = board.finetuned_[key]
+    assert isinstance(clf, featx.FineTuneClassifier)
+    # Trained on fold 0's training part only.
+    train, held = board.splits[0]
+    assert len(train) + len(held) == len(tree[0])
+    # best_ is always a cross-validated, refit row with a pipeline.
+    assert (board.best_["backbone"], board.best_["head"]) in board.estimators_
+    assert board.best_["protocol"] == "3-fold CV"
+
+
+def test_finetune_is_off_by_default_and_params_are_checked(board_and_store, tree):
+    board, _ = board_and_store
+    assert board.finetuned_ == {} and board.histories_ == {}
+    assert all(r["protocol"] != "held-out fold 0" for r in board.rows)
+    paths, y = tree
+    with pytest.raises(FeatxError, match="finetune_params"):
+        featx.baseline(paths, y, heads=["logreg"], cv=2, finetune=True,
+                       finetune_params={"not_a_param": 1}, **SMALL)

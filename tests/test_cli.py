@@ -166,3 +166,16 @@ def test_embed_on_a_local_dask_cluster(tree, tmp_path):
     stats = json.loads(result.stdout)["stats"]
     assert stats["forwarded"] == 8 and stats["failed"] == 0
     assert run("cache", "verify", cache).returncode == 0
+
+
+def test_baseline_finetune_adds_held_out_rows_and_training_curves(tree, tmp_path):
+    out = tmp_path / "out"
+    result = run("baseline", tree, "--out", out, *FAST[:-1], "--json", "--finetune",
+                 "--finetune-epochs", "1", "0")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["rows"]
+    protocols = {row["head"]: row["protocol"] for row in rows}
+    assert protocols["fine-tuned"] == protocols["scratch"] == "held-out fold 0"
+    assert protocols["logreg"] == "2-fold CV"
+    assert (out / "training.png").is_file()
+    assert "training curves" in (out / "index.html").read_text()

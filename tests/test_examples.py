@@ -1,0 +1,57 @@
+"""Every ``examples/seed_*.py`` runs with ``--quick`` and passes its own check.
+
+``--quick`` makes a script train on a tiny subset at 64 px and exit 1 unless its
+headline result is above the majority-class rate of its evaluation set, so the
+exit code is the assertion. Each script is a subprocess (as a user runs it), so
+one script's Keras state cannot leak into another. Each runs in about 20–60 s on
+2 shared cores; none is marked ``slow``.
+
+The stand-in datasets come from packages (``elpv-dataset``, Debian
+``dataset-fashion-mnist``); a script whose data is missing is skipped, not failed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+HAS_ELPV = importlib.util.find_spec("elpv_dataset") is not None
+HAS_FASHION = os.path.isdir("/usr/share/datasets/fashion-mnist")
+
+#: script, the stand-in it needs, and a line its output must contain.
+CASES = [
+    ("seed_malaria_resnet50v2_frozen.py", HAS_ELPV, "no offline (pip-packaged) ImageNet weights"),
+    ("seed_beans_mobilenetv2_features.py", HAS_FASHION, "using mobilenet with packaged weights"),
+    ("seed_cats_dogs_scratch_frozen_finetune.py", HAS_ELPV, "from scratch"),
+    ("seed_xray_vgg16_folder.py", HAS_ELPV, "predictions identical"),
+    ("seed_ct_inceptionv3_last15.py", HAS_ELPV, "training curves:"),
+]
+
+
+def test_every_seed_script_is_tested():
+    assert sorted(p.name for p in EXAMPLES.glob("seed_*.py")) == sorted(c[0] for c in CASES)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("script,available,expected", CASES, ids=[c[0][5:-3] for c in CASES])
+def test_seed_example_quick_beats_the_majority_rate(script, available, expected, tmp_path):
+    if not available:
+        pytest.skip(f"{script}: its offline stand-in dataset is not installed")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run([sys.executable, str(EXAMPLES / script), "--quick",
+                             "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=230, env=env,
+                            cwd=tmp_path)
+    out = result.stdout
+    assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
+    assert "→ above" in out and expected in out, out[-3000:]
+    if script.startswith("seed_ct"):
+        assert (tmp_path / "curves.png").stat().st_size > 1000
+    if script.startswith("seed_xray"):
+        assert (tmp_path / "xray_model.keras").is_file()
