@@ -25,7 +25,7 @@ scratch Lite0                          ``weights=None, unfreeze="all"``, same ep
 Each head is a ``GridSearchCV(make_head(kind), GRIDS[kind], cv=3)`` on the training
 vectors (the grids ``featx baseline`` uses), refit, then scored on the test part.
 Vectors go through an ``EmbeddingStore`` under ``--workdir``, so a re-run reuses
-them (its wall times then show the cached cost; the first run's are printed too).
+them (a re-run's wall times then show the cached cost, not the first forward pass).
 
 Goals (each reported met / missed): ELPV features + best head ≥ 0.85 accuracy;
 ELPV fine-tuned ≥ 0.88 (Deitsch et al. 2019: fine-tuned CNN 88.4 %, SVM on
