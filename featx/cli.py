@@ -54,8 +54,7 @@ def _cmd_backbones(args) -> int:
             "offline_weights": "yes" if offline_available(name) else "no",
         })
     if args.json:
-        json.dump(rows, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        _print_json(rows)
     else:
         _print_table(rows, ["name", "family", "input_size", "dim", "preprocessing",
                             "offline_weights"])
@@ -65,8 +64,8 @@ def _cmd_backbones(args) -> int:
     return 0
 
 
-def _embed_sources(src: str):
-    """SRC of ``featx embed``: a folder (any tree), a CSV listing, or one image file."""
+def _image_sources(src: str, command: str):
+    """SRC of ``featx embed`` / ``featx predict``: a folder (any tree), a CSV listing, or one image."""
     from pathlib import Path
 
     from .datasets import load_csv
@@ -74,15 +73,20 @@ def _embed_sources(src: str):
 
     path = Path(src)
     if not path.exists():
-        raise _UsageError(f"featx embed: {src}: no such file or folder")
+        raise _UsageError(f"featx {command}: {src}: no such file or folder")
     if path.is_file() and path.suffix.lower() == ".csv":
         return load_csv(path)[0]
     if path.is_dir():
         paths = list_images(path)
         if not paths:
-            raise _UsageError(f"featx embed: {src}: no image files found")
+            raise _UsageError(f"featx {command}: {src}: no image files found")
         return paths
     return [str(path)]
+
+
+def _print_json(value) -> None:
+    json.dump(value, sys.stdout, indent=2, default=_jsonable)
+    sys.stdout.write("\n")
 
 
 def _cmd_embed(args) -> int:
@@ -91,7 +95,7 @@ def _cmd_embed(args) -> int:
     from .store import EmbeddingStore
 
     get_spec(args.backbone)  # a typo in the name is reported before any folder is scanned
-    sources = _embed_sources(args.src)
+    sources = _image_sources(args.src, "embed")
     store = EmbeddingStore(args.cache, dtype=args.dtype)
     if args.workers or args.scheduler:
         return _embed_on_cluster(args, sources, store)
@@ -106,8 +110,7 @@ def _cmd_embed(args) -> int:
               "failures": [dict(index=f.index, source=f.source, reason=f.reason)
                            for f in embedder.failures_]}
     if args.json:
-        json.dump(result, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        _print_json(result)
     elif not args.quiet:
         print(f"{bb.name} ({bb.weights.kind} weights, {bb.input_size}px, dim {bb.dim}) -> "
               f"{args.cache}")
@@ -133,9 +136,7 @@ def _embed_on_cluster(args, sources, store) -> int:
         return_vectors=False)
     summary = {k: v for k, v in stats.items() if k != "shard_stats"}
     if args.json:
-        json.dump({"backbone": args.backbone, "cache": args.cache, "stats": summary},
-                  sys.stdout, indent=2, default=_jsonable)
-        sys.stdout.write("\n")
+        _print_json({"backbone": args.backbone, "cache": args.cache, "stats": summary})
     elif not args.quiet:
         where = args.scheduler or f"local cluster of {args.workers} worker(s)"
         print(f"{args.backbone} on {where} -> {args.cache}")
@@ -157,8 +158,7 @@ def _cmd_cache_info(args) -> int:
     _require_file(args.file, "cache info")
     info = EmbeddingStore(args.file, readonly=True).info()
     if args.json:
-        json.dump(info, sys.stdout, indent=2, default=str)
-        sys.stdout.write("\n")
+        _print_json(info)
         return 0
     print(f"{info['path']}: {info['size_bytes'] / 2**20:.1f} MiB, store format "
           f"{info['store_version']}")
@@ -178,8 +178,7 @@ def _cmd_cache_verify(args) -> int:
     _require_file(args.file, "cache verify")
     report = EmbeddingStore(args.file, readonly=True).verify()
     if args.json:
-        json.dump(report, sys.stdout, indent=2, default=str)
-        sys.stdout.write("\n")
+        _print_json(report)
     else:
         total = sum(b["rows"] for b in report["backbones"])
         print(f"{args.file}: OK — {len(report['backbones'])} backbone(s), {total} vectors, "
@@ -286,10 +285,8 @@ def _cmd_baseline(args) -> int:
                           timings={"total (embed + search)": searched,
                                    "report": time.perf_counter() - started - searched})
     if args.json:
-        json.dump({"rows": board.rows, "report": str(report), "model": model_path,
-                   "cache": cache, "seconds": time.perf_counter() - started},
-                  sys.stdout, indent=2, default=_jsonable)
-        sys.stdout.write("\n")
+        _print_json({"rows": board.rows, "report": str(report), "model": model_path,
+                     "cache": cache, "seconds": time.perf_counter() - started})
     elif not args.quiet:
         print()
         print(board.to_markdown())
@@ -320,16 +317,11 @@ def _jsonable(value):
 
 def _cmd_predict(args) -> int:
     import csv
-    import os
 
     import joblib
 
-    from .datasets import load_csv
-    from .images import list_images
-
     _require_file(args.model, "predict")
-    if not os.path.exists(args.src):
-        raise _UsageError(f"featx predict: {args.src}: no such file or folder")
+    sources = _image_sources(args.src, "predict")
     # joblib runs pickle: only load model files you trust (see README, Security).
     bundle = joblib.load(args.model)
     if isinstance(bundle, dict) and "pipeline" in bundle:
@@ -339,14 +331,6 @@ def _cmd_predict(args) -> int:
     if not hasattr(model, "predict_proba"):
         raise _UsageError(f"featx predict: {args.model} holds a {type(model).__name__}, not a "
                           "classifier with predict_proba")
-    if os.path.isdir(args.src):
-        sources = list_images(args.src)
-    elif args.src.lower().endswith(".csv"):
-        sources = load_csv(args.src)[0]
-    else:
-        sources = [args.src]
-    if not sources:
-        raise _UsageError(f"featx predict: {args.src}: no image files found")
     proba = model.predict_proba(_objects(sources))
     classes = list(getattr(model, "classes_", range(proba.shape[1])))
     labels = [str(names[c]) if names is not None else str(c) for c in classes]
@@ -359,8 +343,7 @@ def _cmd_predict(args) -> int:
             writer.writeheader()
             writer.writerows(rows)
     if args.json:
-        json.dump(rows, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        _print_json(rows)
     elif not args.out:
         _print_table([{**r, **{k: f"{v:.3f}" for k, v in r.items() if k.startswith("p_")}}
                       for r in rows], list(rows[0]))
