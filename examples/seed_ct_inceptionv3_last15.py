@@ -8,14 +8,11 @@ sets the **last 15 layers trainable**, trains, and plots loss and accuracy curve
 featx::
 
     FineTuneClassifier(backbone="inception_v3", unfreeze=15,
-                       augment=("flip", "zoom", "rotate"))
+                       augment=("flip", "zoom", "rotate", "shear"))
 
-* augmentation runs inside the model as Keras random layers, during training
-  only. **Shear is left out** (said at run time): ``FineTuneClassifier``'s
-  ``augment`` names (``featx.finetune.AUGMENTATIONS``) have no ``"shear"``.
-  (The brief for this script said Keras 3 has no shear layer; Keras 3.15,
-  installed here, does have ``keras.layers.RandomShear`` — adding ``"shear"``
-  to featx's list is a one-line change in ``featx/finetune.py``.)
+* augmentation runs inside the model as Keras random layers (``RandomFlip``,
+  ``RandomZoom``, ``RandomRotation``, ``RandomShear``), during training only —
+  the tutorial's four ``ImageDataGenerator`` transforms;
 * ``unfreeze=15`` counts weight-bearing, non-BatchNormalization layers (15
   convolutions); BatchNorm stays frozen in inference mode (``featx.finetune``);
 * ``clf.history_`` holds per-epoch ``loss``/``val_loss``/``accuracy``/``val_accuracy``
@@ -82,13 +79,7 @@ def main() -> int:
     backbone, weights = common.resolve_backbone(FAMILY, args.weights)
     if backbone == FAMILY and size is not None and size < INCEPTION_MIN_SIZE:
         size = INCEPTION_MIN_SIZE
-    from featx.finetune import AUGMENTATIONS
-
-    if "shear" not in AUGMENTATIONS:
-        common.say("NOTE: the tutorial also shears; featx's FineTuneClassifier has no 'shear' "
-                   f"augmentation (it offers {', '.join(AUGMENTATIONS)}), so augmentation is "
-                   "flip + zoom + rotate.")
-    augment = ("flip", "zoom", "rotate") + (("shear",) if "shear" in AUGMENTATIONS else ())
+    augment = ("flip", "zoom", "rotate", "shear")
 
     row, clf = common.finetune_row(
         f"{backbone}, last 15 layers fine-tuned, augmented", data, backbone=backbone,

@@ -70,6 +70,13 @@ decoder — one batch at a time in a :class:`keras.utils.PyDataset` (a thread
 pool decodes the batch), so a dataset never has to fit in memory. The
 validation split is stratified; early stopping watches ``val_loss`` and
 restores the best weights of each phase.
+
+With ``phase1="vectors"`` phase 1 does not see pixels at all: the engine
+embeds every image once (optionally through an :class:`featx.EmbeddingStore`)
+and a model made of the head's own layers trains on those vectors. This is
+the "feature extraction" variant of Keras' guide; on 2 CPU cores it turns a
+phase-1 epoch over 2,000 images at 224 px from about 45 s into well under a
+second, so the head converges before phase 2 starts moving the base.
 """
 
 from __future__ import annotations
@@ -97,8 +104,15 @@ from .images import RESIZE_POLICIES, Source, as_sources, decode_image
 __all__ = ["FineTuneClassifier", "AUGMENTATIONS", "custom_objects", "load", "unfreeze_candidates"]
 
 #: Names accepted in ``augment`` and the Keras layer each one adds (factor 0.1:
-#: ±10 % zoom/contrast/translation, ±0.1 turn = ±36° rotation).
-AUGMENTATIONS = ("flip", "rotate", "zoom", "contrast", "translate", "brightness")
+#: ±10 % zoom/contrast/translation/brightness, ±0.1 turn = ±36° rotation, shear
+#: up to 0.1 on each axis; "flip" mirrors left-right, "vflip" top-bottom).
+AUGMENTATIONS = ("flip", "rotate", "zoom", "contrast", "translate", "brightness", "shear",
+                 "vflip")
+
+#: What phase 1 trains the head on: augmented images through the frozen base
+#: (the tutorials' way), or the base's pooled vectors, embedded once by
+#: :class:`featx.Embedder` (Keras' guide's "feature extraction" variant).
+PHASE1_INPUTS = ("images", "vectors")
 
 #: Epochs without a better ``val_loss`` before a phase stops (``early_stopping=True``).
 DEFAULT_PATIENCE = 3
@@ -337,6 +351,8 @@ def _augmentation_layers(augment, seed):
                                                               name="translate"),
         "brightness": lambda s: keras.layers.RandomBrightness(0.1, value_range=(0, 255),
                                                               seed=s, name="brightness"),
+        "shear": lambda s: keras.layers.RandomShear(0.1, 0.1, seed=s, name="shear"),
+        "vflip": lambda s: keras.layers.RandomFlip("vertical", seed=s, name="vflip"),
     }
     layers = []
     for k, name in enumerate(names):
@@ -483,6 +499,19 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         augmentation and (``weights=None``) the backbone's initialisation.
     policy : {"squash", "crop", "pad"}, default "squash"
         How images are fitted to the input size (:func:`featx.images.decode_image`).
+    phase1 : {"images", "vectors"}, default "images"
+        What phase 1 trains the head on. ``"images"``: every epoch runs the
+        (augmented) images through the frozen base, as the Keras tutorials do.
+        ``"vectors"``: each image is embedded once by :class:`featx.Embedder`
+        (through ``cache``), and the head trains on the pooled vectors —
+        epochs then cost next to nothing, so phase 1 can run to convergence,
+        but without augmentation (phase 2 still augments). The head learns
+        the same function either way: the base is frozen and in inference
+        mode in phase 1, so its output on an unaugmented image is the vector.
+    cache : str, path or EmbeddingStore, optional
+        Store that ``phase1="vectors"`` reads and writes (as
+        :class:`featx.ImageEmbedder`'s ``cache``); vectors a baseline already
+        stored for this backbone are not forwarded again.
     verbose : int, default 0
         Keras' ``fit`` verbosity; 0 prints nothing.
 
@@ -497,7 +526,8 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         ``val_accuracy`` (NaN without validation) and ``phase`` (1 or 2).
     phases_ : list of dict
         Per phase that ran: ``phase``, ``lr``, ``epochs`` (asked), ``epochs_run``,
-        ``trainable_weights``, ``trainable_params``.
+        ``trainable_weights``, ``trainable_params``, ``trained_on`` ("images"
+        or "vectors").
     unfrozen_layers_ : list of str
         Names of the base layers phase 2 trained.
     input_size_ : int
@@ -527,7 +557,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
                  head=(256,), dropout=0.5, unfreeze=0, epochs=(5, 5), lr=(1e-3, 1e-5),
                  augment=("flip", "rotate", "zoom", "contrast"), class_weight=None,
                  validation_fraction=0.1, early_stopping=True, batch_size=32, random_state=0,
-                 policy="squash", verbose=0):
+                 policy="squash", phase1="images", cache=None, verbose=0):
         self.backbone = backbone
         self.weights = weights
         self.input_size = input_size
@@ -543,6 +573,8 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         self.batch_size = batch_size
         self.random_state = random_state
         self.policy = policy
+        self.phase1 = phase1
+        self.cache = cache
         self.verbose = verbose
 
     # -- checks --------------------------------------------------------------
@@ -570,6 +602,8 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             raise FeatxError(f"batch_size must be >= 1; got {self.batch_size!r}")
         if self.policy not in RESIZE_POLICIES:
             raise FeatxError(f"policy must be one of {RESIZE_POLICIES}; got {self.policy!r}")
+        if self.phase1 not in PHASE1_INPUTS:
+            raise FeatxError(f"phase1 must be one of {PHASE1_INPUTS}; got {self.phase1!r}")
         if not (self.class_weight is None or self.class_weight == "balanced"
                 or isinstance(self.class_weight, dict)):
             raise FeatxError(f"class_weight must be None, 'balanced' or a dict; got "
@@ -741,10 +775,17 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
                 if val_ds is not None and p["patience"]:
                     callbacks.append(keras.callbacks.EarlyStopping(
                         monitor="val_loss", patience=p["patience"], restore_best_weights=True))
+                info["trained_on"] = "images"
                 try:
-                    result = model.fit(train_ds, validation_data=val_ds, epochs=n_epochs,
-                                       class_weight=cw, callbacks=callbacks, shuffle=False,
-                                       verbose=self.verbose)
+                    if phase == 1 and self.phase1 == "vectors":
+                        info["trained_on"] = "vectors"
+                        result = self._fit_head_on_vectors(
+                            model, bb, (train_items, train_y), (val_items, val_y), p,
+                            n_epochs, cw, callbacks)
+                    else:
+                        result = model.fit(train_ds, validation_data=val_ds, epochs=n_epochs,
+                                           class_weight=cw, callbacks=callbacks,
+                                           shuffle=False, verbose=self.verbose)
                 except Exception:
                     # tf.data wraps errors raised in the PyDataset; give back ours.
                     error = train_ds.error or (val_ds.error if val_ds is not None else None)
@@ -776,6 +817,41 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         self.backbone_info_ = bb.describe()
         self.__dict__.pop("_model_file", None)
         return self
+
+    def _fit_head_on_vectors(self, model, bb, train, val, p, n_epochs, class_weight,
+                             callbacks):
+        """Phase 1 on pooled vectors: the head's own layers, fed the frozen base's output.
+
+        The vectors come from :class:`featx.Embedder` (the engine), through the
+        ``cache`` store when one is given, so images a baseline or an earlier
+        fit already embedded are not forwarded again, and each image is
+        forwarded once rather than once per epoch. The head model shares its
+        layers with ``model``: training it trains the full model's head.
+        """
+        keras = import_keras()
+        from .engine import Embedder
+        from .sklearn import _cached_store
+
+        embedder = Embedder(bb, store=_cached_store(self.cache), batch_size=int(self.batch_size),
+                            on_error="raise", progress=bool(self.verbose), policy=self.policy)
+        x_train = embedder.embed(train[0])
+        validation = None
+        if len(val[0]):
+            validation = (embedder.embed(val[0]), val[1])
+        vectors = keras.Input((x_train.shape[1],), name="vectors")
+        x = vectors
+        layers = model.layers
+        for layer in layers[layers.index(model.get_layer("base")) + 1:]:
+            x = layer(x)
+        head = keras.Model(vectors, x, name="featx_finetune_head")
+        head.compile(optimizer=keras.optimizers.Adam(p["lr"][0]),
+                     loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        rng = np.random.RandomState(_sub_seed(p["seed"], 8))
+        order = rng.permutation(len(x_train))  # Keras shuffles per epoch; seed the start
+        return head.fit(x_train[order], train[1][order], validation_data=validation,
+                        epochs=n_epochs, batch_size=int(self.batch_size),
+                        class_weight=class_weight, callbacks=callbacks, shuffle=True,
+                        verbose=self.verbose)
 
     # -- prediction ----------------------------------------------------------
 

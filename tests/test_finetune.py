@@ -318,6 +318,65 @@ def test_augmentation_acts_only_in_training(fitted):
     assert not np.allclose(np.asarray(augment(x, training=True)), x)
 
 
+@pytest.mark.parametrize("name", finetune.AUGMENTATIONS)
+def test_each_augmentation_changes_pixels_only_in_training(name):
+    (layer,) = finetune._augmentation_layers((name,), seed=3)
+    assert layer.name == name
+    x = _two_classes(4, seed=13)[0].astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)
+    # A random draw may be the identity for one image (a flip's coin), not for all eight.
+    assert not np.allclose(np.asarray(layer(x, training=True)), x)
+
+
+# ----------------------------------------------------------------- phase 1 on vectors
+
+
+def test_phase1_on_vectors_trains_the_head_on_the_engines_vectors(weights_file, tmp_path):
+    """The head is trained on the Embedder's vectors, through the store, and the full
+    model then computes exactly head(vector) for every image; the base is untouched."""
+    x, y = _two_classes(8, seed=21)
+    store_path = str(tmp_path / "vectors.h5")
+    params = {**TINY, "weights": weights_file, "epochs": (3, 0), "lr": (1e-2, 1e-5),
+              "phase1": "vectors", "cache": store_path, "validation_fraction": 0.25,
+              "early_stopping": True}
+    clf = FineTuneClassifier(**params).fit(x, y)
+    assert clf.phases_[0]["trained_on"] == "vectors"
+    assert 1 <= clf.phases_[0]["epochs_run"] <= 3
+    assert clf.history_["phase"] == [1] * clf.phases_[0]["epochs_run"]
+    assert not np.isnan(clf.history_["val_loss"]).any()
+
+    bb = featx.get_backbone(NAME, weights=weights_file, input_size=SIZE)
+    store = featx.EmbeddingStore(store_path)
+    assert store.count(bb.fingerprint) == 16 and store.forwarded(bb.fingerprint) == 16
+    before = _weights_by_layer(bb.model)
+    after = _weights_by_layer(_base(clf.model_))
+    assert all(np.array_equal(a, b) for name in before
+               for a, b in zip(before[name], after[name]))
+
+    vectors = featx.Embedder(bb).embed(x)
+    keras = finetune.import_keras()
+    head_in = keras.Input((vectors.shape[1],))
+    h = head_in
+    for name in ("head_dropout", "head_dense_1", "head_dropout_1", "classifier"):
+        h = clf.model_.get_layer(name)(h)
+    expected = np.asarray(keras.Model(head_in, h)(vectors, training=False))
+    np.testing.assert_allclose(clf.predict_proba(x), expected, atol=1e-5)
+
+    # A second fit reads every vector from the store: nothing is forwarded again.
+    FineTuneClassifier(**{**params, "random_state": 1}).fit(x, y)
+    assert store.forwarded(bb.fingerprint) == 16
+
+
+def test_phase1_on_vectors_then_phase2_on_augmented_images(weights_file, eager):
+    x, y = _two_classes(8, seed=22)
+    clf = FineTuneClassifier(**{**TINY, "weights": weights_file, "unfreeze": 5,
+                                "epochs": (2, 1), "lr": (1e-2, 1e-2), "phase1": "vectors",
+                                "augment": ("flip", "shear")}).fit(x, y)
+    assert [p["trained_on"] for p in clf.phases_] == ["vectors", "images"]
+    assert clf.history_["phase"] == [1, 1, 2]
+    assert clf.unfrozen_layers_ == TOP5
+
+
 # ----------------------------------------------------------------- persistence
 
 
@@ -412,6 +471,7 @@ def test_decode_error_inside_keras_training_loop_comes_back_as_featx_error(monke
     (dict(validation_fraction=1.0), "validation_fraction"),
     (dict(policy="stretch"), "policy"),
     (dict(head=(0,)), "head"),
+    (dict(phase1="features"), "phase1"),
 ])
 def test_bad_parameters_are_refused_before_any_work(kwargs, message):
     x, y = _two_classes(2, seed=0)
