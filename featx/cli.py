@@ -416,8 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "scratch, on fold 0 only (slow: trains two CNNs); adds training curves "
                         "to the report")
     p.add_argument("--finetune-epochs", type=int, nargs=2, metavar=("HEAD", "TOP"),
-                   help="epochs of the two fine-tuning phases (default 3 3); scratch gets "
-                        "their sum")
+                   help="epochs of the two fine-tuning phases (default 50 3: the head on "
+                        "the board's vectors, early-stopped, then the top layers on images); "
+                        "scratch gets the image epochs")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=_cmd_baseline)

@@ -69,7 +69,10 @@ Images are decoded by :func:`featx.images.decode_image` — the engine's
 decoder — one batch at a time in a :class:`keras.utils.PyDataset` (a thread
 pool decodes the batch), so a dataset never has to fit in memory. The
 validation split is stratified; early stopping watches ``val_loss`` and
-restores the best weights of each phase.
+restores the best weights of each phase. When phase 2 never reaches phase 1's
+best ``val_loss``, the weights phase 1 ended with are put back (``phases_``
+says ``kept=False``): with little data, unfreezing can make a model worse, and
+the validation split is there to notice.
 
 With ``phase1="vectors"`` phase 1 does not see pixels at all: the engine
 embeds every image once (optionally through an :class:`featx.EmbeddingStore`)
@@ -83,6 +86,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import numbers
 import os
@@ -102,6 +106,8 @@ from .errors import FeatxError
 from .images import RESIZE_POLICIES, Source, as_sources, decode_image
 
 __all__ = ["FineTuneClassifier", "AUGMENTATIONS", "custom_objects", "load", "unfreeze_candidates"]
+
+log = logging.getLogger("featx")
 
 #: Names accepted in ``augment`` and the Keras layer each one adds (factor 0.1:
 #: ±10 % zoom/contrast/translation/brightness, ±0.1 turn = ±36° rotation, shear
@@ -492,7 +498,9 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         on everything (and disables early stopping).
     early_stopping : bool or int, default True
         Stop a phase when ``val_loss`` has not improved for ``DEFAULT_PATIENCE``
-        epochs (an int: that patience) and restore that phase's best weights.
+        epochs (an int: that patience) and restore that phase's best weights;
+        if phase 2's best ``val_loss`` is not below phase 1's, go back to the
+        weights phase 1 ended with.
     batch_size : int, default 32
     random_state : int, RandomState or None, default 0
         Seeds the split, the shuffling, the head's initialisation, dropout,
@@ -527,7 +535,8 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
     phases_ : list of dict
         Per phase that ran: ``phase``, ``lr``, ``epochs`` (asked), ``epochs_run``,
         ``trainable_weights``, ``trainable_params``, ``trained_on`` ("images"
-        or "vectors").
+        or "vectors"), ``best_val_loss`` (NaN without validation) and ``kept``
+        (False when early stopping reverted phase 2).
     unfrozen_layers_ : list of str
         Names of the base layers phase 2 trained.
     input_size_ : int
@@ -752,6 +761,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
 
         history: Dict[str, list] = {key: [] for key in (*_HISTORY_KEYS, "phase")}
         phases: List[dict] = []
+        phase1_weights = None
         unfrozen: List[str] = []
         try:
             for phase in (1, 2):
@@ -767,7 +777,8 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
                               loss="sparse_categorical_crossentropy", metrics=["accuracy"])
                 info = dict(phase=phase, lr=p["lr"][phase - 1], epochs=n_epochs, epochs_run=0,
                             trainable_weights=len(model.trainable_weights),
-                            trainable_params=_n_params(model.trainable_weights))
+                            trainable_params=_n_params(model.trainable_weights),
+                            trained_on="images", best_val_loss=float("nan"), kept=True)
                 phases.append(info)
                 if n_epochs == 0:
                     continue
@@ -775,7 +786,6 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
                 if val_ds is not None and p["patience"]:
                     callbacks.append(keras.callbacks.EarlyStopping(
                         monitor="val_loss", patience=p["patience"], restore_best_weights=True))
-                info["trained_on"] = "images"
                 try:
                     if phase == 1 and self.phase1 == "vectors":
                         info["trained_on"] = "vectors"
@@ -794,6 +804,19 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
                     raise
                 run = len(result.history.get("loss", []))
                 info["epochs_run"] = run
+                val_losses = result.history.get("val_loss", [])
+                info["best_val_loss"] = float(min(val_losses)) if val_losses else float("nan")
+                if callbacks and phase == 2 and phase1_weights is not None:
+                    # Phase 2 made the validation loss no better than phase 1 left it:
+                    # keep phase 1's model rather than a worse fine-tuned one.
+                    if not info["best_val_loss"] < phases[0]["best_val_loss"]:
+                        model.set_weights(phase1_weights)
+                        info["kept"] = False
+                        log.info("featx FineTuneClassifier: phase 2's best val_loss %.4f is "
+                                 "not below phase 1's %.4f; phase 1's weights are kept",
+                                 info["best_val_loss"], phases[0]["best_val_loss"])
+                if phase == 1 and callbacks and p["unfreeze"] != 0 and p["epochs"][1]:
+                    phase1_weights = model.get_weights()
                 for key in _HISTORY_KEYS:
                     values = result.history.get(key, [])
                     history[key].extend(float(v) for v in values)

@@ -377,6 +377,29 @@ def test_phase1_on_vectors_then_phase2_on_augmented_images(weights_file, eager):
     assert clf.unfrozen_layers_ == TOP5
 
 
+def test_phase2_that_validates_worse_than_phase1_is_undone(weights_file, eager):
+    x, y = _two_classes(8, seed=23)
+    initial = _weights_by_layer(featx.get_backbone(NAME, weights=weights_file,
+                                                   input_size=SIZE).model)
+    params = {**TINY, "weights": weights_file, "unfreeze": 5, "epochs": (4, 1),
+              "phase1": "vectors", "early_stopping": True}
+    # A learning rate that wrecks the top of the base: phase 2 cannot validate better.
+    clf = FineTuneClassifier(**{**params, "lr": (1e-2, 1e3)}).fit(
+        x, y, validation_data=(x[::2], y[::2]))
+    assert [p["kept"] for p in clf.phases_] == [True, False]
+    assert not clf.phases_[1]["best_val_loss"] < clf.phases_[0]["best_val_loss"]
+    after = _weights_by_layer(_base(clf.model_))
+    assert all(np.array_equal(a, b) for name in TOP5
+               for a, b in zip(initial[name], after[name]))
+    assert len(clf.history_["phase"]) == clf.phases_[0]["epochs_run"] + 1  # the curve stays
+
+    # A gentle phase 2 that does improve is kept.
+    kept = FineTuneClassifier(**{**params, "epochs": (1, 2), "lr": (1e-3, 1e-2)}).fit(
+        x, y, validation_data=(x[::2], y[::2]))
+    assert kept.phases_[1]["kept"] == (kept.phases_[1]["best_val_loss"]
+                                       < kept.phases_[0]["best_val_loss"])
+
+
 # ----------------------------------------------------------------- persistence
 
 
