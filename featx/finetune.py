@@ -293,8 +293,28 @@ def _classes():
                 self._pool.shutdown(wait=True)
                 self._pool = None
 
+    class VectorBatches(keras.utils.PyDataset):
+        """In-memory (vectors, labels) batches, reshuffled each epoch by a seeded generator
+        (``fit(shuffle=True)`` on arrays would draw from the backend's unseeded RNG)."""
+
+        def __init__(self, x, y, batch_size, seed):
+            super().__init__()
+            self.x, self.y, self.batch_size = x, y, int(batch_size)
+            self._rng = np.random.RandomState(seed)
+            self.order = self._rng.permutation(len(x))
+
+        def __len__(self):
+            return math.ceil(len(self.x) / self.batch_size)
+
+        def __getitem__(self, index):
+            idx = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+            return self.x[idx], self.y[idx]
+
+        def on_epoch_end(self):
+            self._rng.shuffle(self.order)
+
     return dict(ImagePreprocessing=ImagePreprocessing, InferenceBase=InferenceBase,
-                ImageBatches=ImageBatches)
+                ImageBatches=ImageBatches, VectorBatches=VectorBatches)
 
 
 def custom_objects() -> Dict[str, type]:
@@ -869,11 +889,10 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         head = keras.Model(vectors, x, name="featx_finetune_head")
         head.compile(optimizer=keras.optimizers.Adam(p["lr"][0]),
                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        rng = np.random.RandomState(_sub_seed(p["seed"], 8))
-        order = rng.permutation(len(x_train))  # Keras shuffles per epoch; seed the start
-        return head.fit(x_train[order], train[1][order], validation_data=validation,
-                        epochs=n_epochs, batch_size=int(self.batch_size),
-                        class_weight=class_weight, callbacks=callbacks, shuffle=True,
+        batches = _classes()["VectorBatches"](x_train, train[1], self.batch_size,
+                                              _sub_seed(p["seed"], 8))
+        return head.fit(batches, validation_data=validation, epochs=n_epochs,
+                        class_weight=class_weight, callbacks=callbacks, shuffle=False,
                         verbose=self.verbose)
 
     # -- prediction ----------------------------------------------------------

@@ -362,9 +362,12 @@ def test_phase1_on_vectors_trains_the_head_on_the_engines_vectors(weights_file, 
     expected = np.asarray(keras.Model(head_in, h)(vectors, training=False))
     np.testing.assert_allclose(clf.predict_proba(x), expected, atol=1e-5)
 
-    # A second fit reads every vector from the store: nothing is forwarded again.
-    FineTuneClassifier(**{**params, "random_state": 1}).fit(x, y)
+    # A second fit reads every vector from the store: nothing is forwarded again, and the
+    # same random_state (split, shuffling, initialisation, dropout) gives the same model.
+    again = FineTuneClassifier(**params).fit(x, y)
     assert store.forwarded(bb.fingerprint) == 16
+    np.testing.assert_array_equal(again.predict_proba(x), clf.predict_proba(x))
+    assert again.history_ == clf.history_
 
 
 def test_phase1_on_vectors_then_phase2_on_augmented_images(weights_file, eager):
