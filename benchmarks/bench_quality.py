@@ -133,7 +133,6 @@ def head_rows(label: str, X_tr, y_tr, X_te, y_te, heads, embed_s: float,
               search_limit: int) -> List[dict]:
     """One head per kind: grid-searched on (a subset of) the training vectors, refit on
     all of them; wall = embed share + search + refit + predict."""
-    from sklearn.base import clone
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
     from featx.heads import GRIDS, make_head
@@ -143,7 +142,7 @@ def head_rows(label: str, X_tr, y_tr, X_te, y_te, heads, embed_s: float,
     for kind in heads:
         t = time.perf_counter()
         grid = GRIDS[kind]
-        if sum(len(v) for v in grid.values()) == len(grid):  # one candidate: nothing to search
+        if all(len(values) == 1 for values in grid.values()):  # one candidate: nothing to search
             best = {k: v[0] for k, v in grid.items()}
         else:
             search = GridSearchCV(make_head(kind, random_state=0), grid,
@@ -151,7 +150,7 @@ def head_rows(label: str, X_tr, y_tr, X_te, y_te, heads, embed_s: float,
                                   scoring="balanced_accuracy", error_score=np.nan, refit=False)
             search.fit(X_tr[sub], y_tr[sub])
             best = search.best_params_
-        model = clone(make_head(kind, random_state=0)).set_params(**best)
+        model = make_head(kind, random_state=0).set_params(**best)
         if kind == "svm":
             model.set_params(clf__max_samples=None)
         model.fit(X_tr, y_tr)
@@ -232,8 +231,6 @@ def run_dataset(name: str, args, work: Path) -> dict:
     if not args.no_finetune:
         rows += finetune_rows(data, args.epochs, args.batch_size, store, limit)
     majority = float(np.bincount(data["y_test"]).max() / len(data["y_test"]))
-    from _common import machine_info
-
     return {"name": name, "what": data["what"], "rows": rows, "majority": majority,
             "seconds": time.perf_counter() - started, "command": command_line(),
             "date": machine_info()["date"], "load": list(load_average() or ()),
@@ -285,9 +282,9 @@ def markdown(results: List[dict], info: dict, quick: bool) -> str:
         "Every row is trained on the train part and scored once on the test part. Heads: "
         "hyper-parameters from `GridSearchCV(make_head(kind), GRIDS[kind], cv=3)` (the grids "
         "`featx baseline` uses) on at most `--search-limit` training vectors (a stratified "
-        "subset when the train part is larger), then refit on the whole train part (`svm` without its "
-        "3,000-row cap) and scored; a one-point grid (xgboost) is fitted directly. "
-        "wall s = embedding (train + test, from the store when it already held them) + "
+        "subset when the train part is larger), then refit on the whole train part "
+        "(`svm` without its 3,000-row cap) and scored; a one-point grid (xgboost) is "
+        "fitted directly. wall s = embedding (train + test, from the store when it already held them) + "
         "search + refit + predict. Every backbone runs at the dataset's one input size (so "
         "Lite2 runs below its native 260 px). The Keras rows are the configurations "
         "`baseline(finetune=True)` uses (`featx.baseline.FINETUNE_DEFAULTS`: head on the "

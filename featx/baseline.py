@@ -388,12 +388,12 @@ def _finetune_configs(backbone: str, weights, input_size, batch_size, random_sta
                   random_state=random_state, cache=cache)
     tuned = {**common, "weights": weights, **FINETUNE_DEFAULTS, **params}
     e = tuned["epochs"]
-    head_epochs, top_epochs = (int(e), int(e)) if isinstance(e, (int, np.integer)) else e
-    total = max(1, int(top_epochs) + (int(head_epochs) if tuned.get("phase1") != "vectors"
-                                      else 0))
-    # Scratch: same number of epochs, all in phase 2 (phase 1 would train a head on a
-    # random frozen base), at a learning rate that can move random weights (phase 2's
-    # fine-tuning default, 1e-5, cannot).
+    head_epochs, top_epochs = (e, e) if isinstance(e, (int, np.integer)) else e
+    image_epochs = int(top_epochs) + (0 if tuned.get("phase1") == "vectors" else int(head_epochs))
+    total = max(1, image_epochs)
+    # Scratch: the same passes over the images, all in phase 2 (phase 1 would train a
+    # head on a random frozen base), at a learning rate that can move random weights
+    # (a fine-tuning rate of 1e-4 or 1e-5 cannot).
     scratch = {**tuned, "epochs": (0, total), "lr": (1e-3, 1e-3), **scratch_extra,
                "weights": None, "unfreeze": "all"}
     return {"fine-tuned": tuned, "scratch": scratch}
@@ -513,8 +513,8 @@ def baseline(sources, y=None, backbones=("efficientnet_lite0",), heads=("logreg"
         unfrozen for 3 epochs of augmented images at lr 1e-4, undone if the
         validation loss does not improve: :data:`FINETUNE_DEFAULTS`) and
         ``"scratch"`` (``weights=None``, ``unfreeze="all"``, as many epochs over
-        the images as the fine-tuned base saw, at lr 1e-3). Training a CNN per fold would cost k
-        trainings, so both are trained on fold 0's training images and scored on
+        the images as the fine-tuned base saw, at lr 1e-3). Training a CNN per
+        fold would cost k trainings, so both are trained on fold 0's training images and scored on
         fold 0's held-out images — the ``protocol`` column says so. Their
         ``history_`` is kept in ``Leaderboard.histories_``.
     finetune_params : dict, optional

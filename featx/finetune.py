@@ -826,7 +826,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
                 info["epochs_run"] = run
                 val_losses = result.history.get("val_loss", [])
                 info["best_val_loss"] = float(min(val_losses)) if val_losses else float("nan")
-                if callbacks and phase == 2 and phase1_weights is not None:
+                if phase == 2 and phase1_weights is not None:
                     # Phase 2 made the validation loss no better than phase 1 left it:
                     # keep phase 1's model rather than a worse fine-tuned one.
                     if not info["best_val_loss"] < phases[0]["best_val_loss"]:
