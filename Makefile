@@ -46,8 +46,11 @@ test-all: install
 
 # Robustness at full strength: 20 SIGKILLs, 1000 fuzz examples per property, more
 # concurrent keys; writes the numbers docs/reliability.md quotes to build/reliability/.
+# Failure paths: 10 rounds of one store under three names x three writers, and the
+# write-failure cases behind 2,000 queued images.
 TORTURE_ENV ?= FEATX_TORTURE_KILLS=20 FEATX_HYPOTHESIS_PROFILE=torture \
-	FEATX_FUZZ_EXAMPLES=1000 FEATX_CONCURRENCY_KEYS=1000 FEATX_RESULTS_DIR=build/reliability
+	FEATX_FUZZ_EXAMPLES=1000 FEATX_CONCURRENCY_KEYS=1000 FEATX_RESULTS_DIR=build/reliability \
+	FEATX_LOCK_ROUNDS=10 FEATX_FAILURE_IMAGES=2000
 torture: install
 	$(TORTURE_ENV) $(PY) -m pytest -m "slow or not slow" tests/robustness $(PYTEST_ARGS)
 	$(PY) tests/robustness/make_table.py --results build/reliability > build/reliability/table.md

@@ -69,6 +69,10 @@ class Leaderboard:
         ``(backbone, head)`` → the fitted ``GridSearchCV`` (``cv_results_`` etc.).
     dropped_ : list of (int, str)
         Inputs that could not be embedded and were left out: (position, source).
+    dropped_reasons_ : dict
+        Position → why that input could not be embedded (the engine's message).
+    test_dropped_ : list of (int, str, str)
+        With ``test=``: held-out inputs left out, as (position, source, reason).
     embed_stats_ : dict
         Backbone → the engine's counters for its one embedding pass.
     finetuned_ : dict
@@ -114,6 +118,8 @@ class Leaderboard:
         self.searches_ = searches
         self.n_samples = n_samples
         self.dropped_ = dropped
+        self.dropped_reasons_: Dict[int, str] = {}
+        self.test_dropped_: List[Tuple[int, str, str]] = []
         self.embed_stats_ = embed_stats
         self.cv_description = cv_description
         self.finetuned_ = dict(finetuned or {})
@@ -572,6 +578,7 @@ def baseline(sources, y=None, backbones=("efficientnet_lite0",), heads=("logreg"
     makers: Dict[str, object] = {}
     embed_stats: Dict[str, dict] = {}
     failed = np.zeros(len(items), bool)
+    reasons: Dict[int, str] = {}
     for name in backbone_names:
         embedder = ImageEmbedder(backbone=name, weights=weights, input_size=input_size,
                                  cache=cache, batch_size=batch_size, on_error="skip",
@@ -579,6 +586,8 @@ def baseline(sources, y=None, backbones=("efficientnet_lite0",), heads=("logreg"
         X, mask, stats = embedder._embed(items)
         features[name], makers[name], embed_stats[name] = X, embedder, dict(stats)
         failed |= ~mask
+        for failure in embedder.failures_:
+            reasons.setdefault(failure.index, failure.reason)
         log.info("featx baseline: %s embedded %d images (%d forwarded, %d from cache) in %.1f s",
                  name, len(items), stats.get("forwarded", 0), stats.get("cache_hits", 0),
                  stats.get("total_s", float("nan")))
@@ -606,12 +615,14 @@ def baseline(sources, y=None, backbones=("efficientnet_lite0",), heads=("logreg"
     # Optional held-out set: embedded once per backbone, like the training images.
     test_features: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
     test_kept = (None, None)
+    test_dropped: List[Tuple[int, str, str]] = []
     if test is not None:
         if not isinstance(test, (tuple, list)) or len(test) != 2:
             raise FeatxError(f"test must be a (sources, y) pair; got {type(test).__name__}")
         t_items, t_y = _sources_and_labels(*test)
         t_fail = np.zeros(len(t_items), bool)
         t_X = {}
+        t_reasons: Dict[int, str] = {}
         for name, maker in makers.items():
             if name == RAW_PIXELS:
                 Xt = maker._decode(t_items)
@@ -619,7 +630,11 @@ def baseline(sources, y=None, backbones=("efficientnet_lite0",), heads=("logreg"
             else:
                 Xt, mask, _ = maker._embed(t_items)
                 t_fail |= ~mask
+                for failure in maker.failures_:
+                    t_reasons.setdefault(failure.index, failure.reason)
             t_X[name] = Xt
+        test_dropped = [(int(i), t_items[i].describe(), t_reasons.get(int(i), "not decodable"))
+                        for i in np.flatnonzero(t_fail)]
         if t_fail.any():
             log.warning("featx baseline: dropped %d of %d test images that could not be "
                         "embedded", int(t_fail.sum()), len(t_items))
@@ -675,6 +690,8 @@ def baseline(sources, y=None, backbones=("efficientnet_lite0",), heads=("logreg"
                         estimators=estimators, searches=searches, n_samples=len(kept),
                         dropped=dropped, embed_stats=embed_stats, cv_description=cv_text,
                         finetuned=finetuned, histories=histories)
+    board.dropped_reasons_ = {i: reasons.get(i, "not decodable") for i, _ in dropped}
+    board.test_dropped_ = test_dropped
     log.info("featx baseline: %d rows in %.1f s; best %s × %s", len(rows),
              time.perf_counter() - start, board.best_["backbone"], board.best_["head"])
     return board

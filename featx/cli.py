@@ -30,6 +30,32 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{self.prog}: {message}")
 
 
+def _int_in(lo: int, hi: Optional[int] = None, also: Sequence[int] = ()):
+    """An argparse type: an integer in [lo, hi] (or one of ``also``), refused otherwise.
+
+    0 and absurd values used to fall back to defaults or run out of memory
+    (``--input-size 100000`` reached 9.6 GB); now they say what is valid.
+    """
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value in also or (value >= lo and (hi is None or value <= hi)):
+            return value
+        valid = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        extra = "".join(f" or {a}" for a in also)
+        raise argparse.ArgumentTypeError(f"{value} is out of range; expected {valid}{extra}")
+
+    parse.__name__ = "integer"
+    return parse
+
+
+#: Input sides the CLI accepts; FEATX_MAX_INPUT_SIZE raises the top for big-memory machines.
+MIN_INPUT_SIZE = 32
+MAX_INPUT_SIZE = int(os.environ.get("FEATX_MAX_INPUT_SIZE", "1024"))
+
+
 def _print_table(rows: List[Dict], columns: Sequence[str], out=None) -> None:
     out = out or sys.stdout
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) if rows else len(c) for c in columns}
@@ -126,8 +152,6 @@ def _cmd_embed(args) -> int:
 def _embed_on_cluster(args, sources, store) -> int:
     from .distributed import embed_with_cluster
 
-    if args.workers is not None and args.workers < 1:
-        raise _UsageError("featx embed: --workers must be at least 1")
     _, stats = embed_with_cluster(
         sources, dict(name=args.backbone, weights=_weights_arg(args.weights),
                       input_size=args.input_size, pooling=args.pooling),
@@ -230,12 +254,13 @@ def _cmd_baseline(args) -> int:
     import os
     import time
 
-    import joblib
+    import numpy as np
 
     from .backbones import get_spec
     from .baseline import baseline
     from .heads import resolve_kind
     from .report import out_of_fold_proba, write_report
+    from .sklearn import save_bundle
 
     for name in args.backbone:
         get_spec(name)
@@ -244,6 +269,7 @@ def _cmd_baseline(args) -> int:
     if args.cv < 2:
         raise _UsageError("featx baseline: --cv must be at least 2")
     started = time.perf_counter()
+    _check_out_folder(args.out, "baseline")
     sources, y, names, test, described = _load_labelled(args)
     _check_classes(y, names, args.cv, "baseline")
     os.makedirs(args.out, exist_ok=True)
@@ -265,17 +291,25 @@ def _cmd_baseline(args) -> int:
                      progress=not (args.quiet or args.json), test=test,
                      finetune=args.finetune, finetune_params=finetune_params)
     searched = time.perf_counter() - started
+    # Images that could not be read are in no fold, no score, no figure: the same set
+    # everywhere, listed once on the console and in the report.
+    skipped = [(src, board.dropped_reasons_.get(i, "not decodable")) for i, src in board.dropped_]
     if test is not None:
-        eval_sources, eval_y = test
+        left_out = {i for i, _, _ in board.test_dropped_}
+        keep = [i for i in range(len(test[0])) if i not in left_out]
+        eval_sources, eval_y = [test[0][i] for i in keep], np.asarray(test[1])[keep]
+        skipped += [(src, why) for _, src, why in board.test_dropped_]
         proba = board.best_estimator_.predict_proba(_objects(eval_sources))
         evaluated_on = f"the held-out test split ({len(eval_sources)} images)"
     else:
-        eval_sources, eval_y = sources, y
         proba = out_of_fold_proba(board, sources, y)
+        keep = np.flatnonzero(np.isfinite(proba).all(axis=1))
+        eval_sources, eval_y, proba = [sources[i] for i in keep], np.asarray(y)[keep], proba[keep]
         evaluated_on = f"out-of-fold predictions of the same {args.cv} folds"
+    for src, why in skipped:
+        say(f"skipped {src}: {why}")
     model_path = os.path.join(args.out, "best_model.joblib")
-    joblib.dump({"pipeline": board.best_estimator_, "class_names": list(names),
-                 "featx_model_bundle": 1}, model_path)
+    save_bundle(model_path, board.best_estimator_, names, cache)
     report = write_report(args.out, board, sources=eval_sources, y=eval_y, class_names=names,
                           proba=proba, evaluated_on=evaluated_on,
                           title=f"featx baseline — {described}",
@@ -283,10 +317,12 @@ def _cmd_baseline(args) -> int:
                           history=board.histories_.get((get_spec(args.backbone[0]).name,
                                                         "fine-tuned")),
                           timings={"total (embed + search)": searched,
-                                   "report": time.perf_counter() - started - searched})
+                                   "report": time.perf_counter() - started - searched},
+                          skipped=skipped)
     if args.json:
         _print_json({"rows": board.rows, "report": str(report), "model": model_path,
-                     "cache": cache, "seconds": time.perf_counter() - started})
+                     "cache": cache, "seconds": time.perf_counter() - started,
+                     "skipped": [{"source": src, "reason": why} for src, why in skipped]})
     elif not args.quiet:
         print()
         print(board.to_markdown())
@@ -317,31 +353,43 @@ def _jsonable(value):
 
 def _cmd_predict(args) -> int:
     import csv
+    import tempfile
 
-    import joblib
+    import numpy as np
+
+    from .sklearn import load_bundle
 
     _require_file(args.model, "predict")
+    if args.out and os.path.isdir(args.out):
+        raise _UsageError(f"featx predict: --out {args.out}: is a folder; expected a CSV file path")
     sources = _image_sources(args.src, "predict")
     # joblib runs pickle: only load model files you trust (see README, Security).
-    bundle = joblib.load(args.model)
-    if isinstance(bundle, dict) and "pipeline" in bundle:
-        model, names = bundle["pipeline"], bundle.get("class_names")
-    else:
-        model, names = bundle, None
-    if not hasattr(model, "predict_proba"):
-        raise _UsageError(f"featx predict: {args.model} holds a {type(model).__name__}, not a "
-                          "classifier with predict_proba")
+    model, names = load_bundle(args.model, cache=args.cache)
     proba = model.predict_proba(_objects(sources))
     classes = list(getattr(model, "classes_", range(proba.shape[1])))
-    labels = [str(names[c]) if names is not None else str(c) for c in classes]
+    # featx baseline trains on class indices and saves the names; a model trained on
+    # string labels carries them in classes_ already.
+    labels = [str(names[int(c)]) if names is not None and isinstance(c, (int, np.integer))
+              and 0 <= int(c) < len(names) else str(c) for c in classes]
     rows = [{"path": src, "prediction": labels[int(p.argmax())],
              **{f"p_{label}": float(v) for label, v in zip(labels, p)}}
             for src, p in zip(sources, proba)]
     if args.out:
-        with open(args.out, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        # A temporary file renamed into place: no half-written CSV is ever left behind.
+        # surrogateescape writes undecodable (non-UTF-8) file names back as their bytes.
+        folder = os.path.dirname(os.path.abspath(args.out))
+        fd, tmp = tempfile.mkstemp(prefix=".featx-predict-", suffix=".csv", dir=folder)
+        try:
+            with os.fdopen(fd, "w", newline="", encoding="utf-8",
+                           errors="surrogateescape") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(tmp, args.out)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
     if args.json:
         _print_json(rows)
     elif not args.out:
@@ -350,6 +398,12 @@ def _cmd_predict(args) -> int:
     else:
         print(f"{len(rows)} predictions written to {args.out}")
     return 0
+
+
+def _check_out_folder(out: str, command: str) -> None:
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise _UsageError(f"featx {command}: --out {out}: is an existing file; expected a folder "
+                          "(created if absent)")
 
 
 def _require_file(path: str, command: str) -> None:
@@ -377,20 +431,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", "-c", required=True, help="HDF5 store file (created if absent)")
     p.add_argument("--weights", default="packaged",
                    help="packaged | imagenet | none | PATH (default: packaged)")
-    p.add_argument("--input-size", type=int, default=None)
+    p.add_argument("--input-size", type=_int_in(MIN_INPUT_SIZE, MAX_INPUT_SIZE), default=None,
+                   help=f"input side in pixels, {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} "
+                        "(default: the backbone's own)")
     p.add_argument("--pooling", choices=["avg", "max", "gem"], default="avg")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=_int_in(1, 4096), default=32)
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32",
                    help="storage dtype of the vectors")
     p.add_argument("--on-error", choices=["raise", "skip"], default="raise")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no summary")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, help="embed on a local Dask cluster of N "
+    where.add_argument("--workers", type=_int_in(1, 1024),
+                       help="embed on a local Dask cluster of N "
                        "single-threaded workers (needs featx[dask])")
     where.add_argument("--scheduler", metavar="ADDRESS",
                        help="embed on an existing Dask cluster, e.g. tcp://host:8786")
-    p.add_argument("--shard-size", type=int, default=256, help="images per Dask task")
+    p.add_argument("--shard-size", type=_int_in(1), default=256, help="images per Dask task")
     p.add_argument("--hash-on", choices=["driver", "workers"], default="driver",
                    help="where new files are read and hashed (workers: for network filesystems)")
     p.set_defaults(func=_cmd_embed)
@@ -404,18 +461,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", "-b", nargs="+", default=["efficientnet_lite0"])
     p.add_argument("--head", nargs="+", default=["logreg", "svm", "xgboost"],
                    help="logreg svm linear_svm xgboost knn random_forest")
-    p.add_argument("--cv", type=int, default=5, help="folds (default 5)")
+    p.add_argument("--cv", type=_int_in(2, 100), default=5, help="folds (default 5)")
     p.add_argument("--weights", default="packaged", help="packaged | imagenet | none | PATH")
-    p.add_argument("--input-size", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--input-size", type=_int_in(MIN_INPUT_SIZE, MAX_INPUT_SIZE), default=None,
+                   help=f"input side in pixels, {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE}")
+    p.add_argument("--batch-size", type=_int_in(1, 4096), default=32)
     p.add_argument("--cache", help="HDF5 store (default OUT/embeddings.h5)")
-    p.add_argument("--limit", type=int, help="keep the first LIMIT/n_classes images per class")
-    p.add_argument("--jobs", "-j", type=int, default=None, help="parallel grid-search workers")
+    p.add_argument("--limit", type=_int_in(1),
+                   help="keep the first LIMIT/n_classes images per class")
+    p.add_argument("--jobs", "-j", type=_int_in(1, 1024, also=(-1,)), default=None,
+                   help="parallel grid-search workers (-1: one per core)")
     p.add_argument("--finetune", action="store_true",
                    help="also fine-tune the first backbone (top 20 layers) and train it from "
                         "scratch, on fold 0 only (slow: trains two CNNs); adds training curves "
                         "to the report")
-    p.add_argument("--finetune-epochs", type=int, nargs=2, metavar=("HEAD", "TOP"),
+    p.add_argument("--finetune-epochs", type=_int_in(0, 10000), nargs=2, metavar=("HEAD", "TOP"),
                    help="epochs of the two fine-tuning phases (default 50 3: the head on "
                         "the board's vectors, early-stopped, then the top layers on images); "
                         "scratch gets the image epochs")
@@ -427,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help="best_model.joblib written by featx baseline")
     p.add_argument("src", metavar="SRC", help="image folder, CSV listing or image file")
     p.add_argument("--out", help="write predictions to this CSV")
+    p.add_argument("--cache", help="HDF5 store to keep the new images' vectors in (default: "
+                   "the model's training cache is only read, never written)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_predict)
 
@@ -448,6 +510,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``featx`` command; returns the exit code."""
     parser = build_parser()
+    for stream in (sys.stdout, sys.stderr):
+        try:  # file names that are not valid UTF-8 print escaped instead of raising
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError):
+            pass
     try:
         args = parser.parse_args(argv)
         func: Callable = args.func
@@ -457,9 +524,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_BAD_INPUT
     except FeatxError as exc:
         print(f"featx: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        if getattr(exc, "hdf5_left_open", False):
+            # HDF5 would crash while shutting down a file it failed to flush (disk full):
+            # leave without the library teardown. Everything committed is already on disk.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_BAD_INPUT)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("featx: interrupted", file=sys.stderr)
+    except OSError as exc:  # a path the user named cannot be reached (permissions, ...)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"featx: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt as exc:
+        # EmbedInterrupted says how many vectors the store kept; a bare interrupt does not.
+        print(f"featx: {exc}" if str(exc) else "featx: interrupted", file=sys.stderr)
         return 130
 
 

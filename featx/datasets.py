@@ -17,6 +17,7 @@ Examples
 from __future__ import annotations
 
 import csv
+import io
 import gzip
 import importlib.util
 import os
@@ -178,26 +179,75 @@ def load_csv(path, *, path_column: str = "path", label_column: str = "label",
     path = Path(path)
     if not path.is_file():
         raise FeatxError(f"{path}: no such CSV file")
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        missing = [c for c in (path_column, label_column) if c not in columns]
-        if missing:
-            raise FeatxError(f"{path}: missing column(s) {missing}; found {columns} "
-                             f"(expected a header '{path_column},{label_column}')")
-        rows = [(r[path_column], r[label_column]) for r in reader]
+    rows = _read_listing(path, path_column, label_column)
     if not rows:
         raise FeatxError(f"{path}: the CSV lists no images")
-    names = list(class_names) if class_names is not None else sorted({label for _, label in rows})
+    names = (list(class_names) if class_names is not None
+             else sorted({label for _, _, label in rows}))
     index = {name: i for i, name in enumerate(names)}
     sources, labels = [], []
-    for line, (image, label) in enumerate(rows, start=2):
+    first_seen: dict = {}  # image -> (line, label)
+    for line, image, label in rows:
         if label not in index:
             raise FeatxError(f"{path}:{line}: label {label!r} is not among {names}")
         full = Path(image) if os.path.isabs(image) else path.parent / image
+        resolved = os.path.normpath(str(full))
+        if resolved in first_seen:
+            seen_line, seen_label = first_seen[resolved]
+            if seen_label != label:
+                raise FeatxError(
+                    f"{path}:{line}: {image!r} is labelled {label!r} here and {seen_label!r} "
+                    f"on line {seen_line}; expected one label per image")
+        else:
+            first_seen[resolved] = (line, label)
         sources.append(str(full))
         labels.append(index[label])
     return sources, np.asarray(labels, dtype=np.int64), names
+
+
+def _read_listing(path: Path, path_column: str, label_column: str) -> List[Tuple[int, str, str]]:
+    """(line, image, label) rows of a CSV listing, every row checked.
+
+    The encoding is UTF-8 (with or without a BOM); a file in another encoding is
+    refused with the line that is not UTF-8, rather than read as mojibake paths.
+    """
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise FeatxError(
+            f"{path}:{line}: not UTF-8 (byte {path.read_bytes()[exc.start]:#04x}); expected a "
+            "UTF-8 CSV — re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+    except OSError as exc:
+        raise FeatxError(f"{path}: cannot read the CSV: {exc.strerror or exc}") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise FeatxError(f"{path}: the CSV is empty; expected a header "
+                         f"'{path_column},{label_column}'") from None
+    header = [h.strip() for h in header]
+    missing = [c for c in (path_column, label_column) if c not in header]
+    if missing:
+        raise FeatxError(f"{path}: missing column(s) {missing}; found {header} "
+                         f"(expected a header '{path_column},{label_column}')")
+    at_path, at_label = header.index(path_column), header.index(label_column)
+    rows = []
+    for fields in reader:
+        line = reader.line_num
+        if not any(f.strip() for f in fields):
+            continue  # blank lines
+        if len(fields) != len(header):
+            raise FeatxError(f"{path}:{line}: {len(fields)} field(s), expected {len(header)} "
+                             f"({', '.join(header)})")
+        image, label = fields[at_path].strip(), fields[at_label].strip()
+        if not image:
+            raise FeatxError(f"{path}:{line}: empty {path_column!r}; expected an image path")
+        if not label:
+            raise FeatxError(f"{path}:{line}: empty {label_column!r} for {image!r}; expected a "
+                             "class name (remove unlabelled images from a training listing)")
+        rows.append((line, image, label))
+    return rows
 
 
 def load_source(source, *, split: Optional[str] = None) -> Dataset:

@@ -37,7 +37,7 @@ import numpy as np
 
 from ._env import import_keras
 from .backbones import Backbone, get_backbone
-from .errors import FeatxError
+from .errors import EmbedInterrupted, FeatxError
 from .images import Source, as_sources, decode_image, read_bytes, source_key
 from .store import EmbeddingStore
 
@@ -236,7 +236,8 @@ class Embedder:
         A :class:`~featx.Backbone`, or a name (built with ``weights="packaged"``).
     store : EmbeddingStore, str or None
         Where vectors persist (an HDF5 path or a store object).  None keeps
-        them in a per-process memo only.
+        them in a per-process memo only.  A store opened with ``readonly=True``
+        serves the vectors it holds; the others are computed and kept in the memo.
     batch_size : int, default 32
         Forward batch; every batch runs at this shape (the last is padded).
     on_error : {"raise", "skip"}, default "raise"
@@ -336,6 +337,11 @@ class Embedder:
         run = _Run(self, items)
         try:
             run.execute()
+        except KeyboardInterrupt as exc:
+            # What was put before the interrupt is committed (each batch commits on its
+            # own); say how much, so the user knows a re-run resumes from there.
+            self.stats = run.stats
+            raise EmbedInterrupted(run.committed(), getattr(self.store, "path", None)) from exc
         finally:
             run.close()
         self.stats = run.stats
@@ -367,6 +373,7 @@ class Embedder:
 
 
 _DONE = object()
+_JOIN_TIMEOUT_S = 5.0
 
 
 class _Run:
@@ -389,6 +396,8 @@ class _Run:
                           lookup_s=0.0, lock_s=0.0, wait_s=0.0)
         self.queue: "queue.Queue" = queue.Queue(maxsize=3)
         self.stop = threading.Event()
+        self.finished = False  # the forward loop consumed every batch
+        self.rows_at_start: Optional[int] = None
         self.error: Optional[BaseException] = None
         self.pool = ThreadPoolExecutor(max_workers=embedder.workers,
                                        thread_name_prefix="featx-decode")
@@ -409,7 +418,9 @@ class _Run:
 
     def close(self):
         self.stop.set()
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        # After a failure or an interrupt, do not wait for reads still in flight: each
+        # is bounded (regular files only, a byte cap), and the result is thrown away.
+        self.pool.shutdown(wait=self.finished, cancel_futures=True)
         if self.bar is not None:
             self.bar.close()
 
@@ -491,7 +502,9 @@ class _Run:
         except BaseException as exc:  # handed to the forward loop, which re-raises
             self.error = exc
         finally:
-            self.queue.put(_DONE)
+            # Never a blocking put: when the forward loop has stopped (it raised, or
+            # was interrupted) the queue may stay full forever.
+            self._put_item(_DONE)
 
     def _lookup(self, keys: List[bytes]) -> Tuple[Dict[bytes, np.ndarray], List[bytes]]:
         """(vectors found in the memo, keys the store already holds).
@@ -504,19 +517,22 @@ class _Run:
         """
         fp = self.bb.fingerprint
         store = self.e.store
-        if store is None:  # with a store, the store is the memory: it must receive every vector
-            found: Dict[bytes, np.ndarray] = {}
+        found: Dict[bytes, np.ndarray] = {}
+        if store is None or store.readonly:
+            # With a writable store, the store is the memory: it must receive every vector.
             for key in keys:
                 vec = _MEMO.get(fp, key)
                 if vec is not None:
                     found[key] = vec
-            return found, []
+            if store is None:
+                return found, []
+            keys = [key for key in keys if key not in found]
         if not keys:
-            return {}, []
+            return found, []
         t = time.perf_counter()
         known = store.known(fp, keys)
         self.stats["lookup_s"] += time.perf_counter() - t
-        return {}, [key for key, hit in zip(keys, known) if hit]
+        return found, [key for key, hit in zip(keys, known) if hit]
 
     def _produce(self) -> None:
         chunk = max(self.e.batch_size * 4, 64)
@@ -582,14 +598,16 @@ class _Run:
             # Read the store's key index now, before the forward thread can hold the
             # writer lock: the producer then recognises stored keys from memory.
             self.e.store.lookup(self.bb.fingerprint, [])
+            self.rows_at_start = self.e.store.count(self.bb.fingerprint)
         producer = threading.Thread(target=self.produce, name="featx-producer", daemon=True)
         producer.start()
         try:
             while True:
                 t = time.perf_counter()
-                batch = self.queue.get()
+                batch = self._next_item(producer)
                 self.stats["wait_s"] += time.perf_counter() - t
                 if batch is _DONE:
+                    self.finished = True
                     break
                 if isinstance(batch, _Hits):
                     self._read_hits(batch)
@@ -597,7 +615,7 @@ class _Run:
                 store = self.e.store
                 if store is None:
                     self._forward_and_deliver(batch.keys, batch.pixels)
-                elif self.e.exclusive_forward:
+                elif self.e.exclusive_forward and not store.readonly:
                     t = time.perf_counter()
                     with store.exclusive():
                         self.stats["lock_s"] += time.perf_counter() - t
@@ -606,9 +624,33 @@ class _Run:
                     self._forward_missing(batch)
         finally:
             self.stop.set()
-            producer.join()
+            # Bounded: the producer checks ``stop`` between items and never blocks on
+            # the queue; a thread still inside one read is a daemon and is left behind.
+            producer.join(timeout=_JOIN_TIMEOUT_S)
         if self.error is not None:
             raise self.error
+
+    def committed(self) -> int:
+        """New vectors the store holds since this call started (0 without a store).
+
+        Read from the store, not from a counter: an interrupt can land between a
+        ``put`` returning and a counter moving.
+        """
+        if self.e.store is None or self.rows_at_start is None:
+            return 0
+        try:
+            return max(0, self.e.store.count(self.bb.fingerprint) - self.rows_at_start)
+        except FeatxError:
+            return int(self.stats["forwarded"])
+
+    def _next_item(self, producer: threading.Thread):
+        """The next queue item; short waits, so Ctrl-C is seen and a dead producer noticed."""
+        while True:
+            try:
+                return self.queue.get(timeout=0.25)
+            except queue.Empty:
+                if not producer.is_alive() and self.queue.empty():
+                    return _DONE  # it ended without its sentinel (cannot happen; never hang)
 
     def _read_hits(self, hits: "_Hits") -> None:
         """Vectors of keys the store's index knew; anything no longer there is embedded."""
@@ -664,7 +706,7 @@ class _Run:
             raise FeatxError(f"{self.bb.name} produced non-finite vectors for {bad} "
                              "image(s); nothing of this batch was stored")
         fp, store = self.bb.fingerprint, self.e.store
-        if store is None:
+        if store is None or store.readonly:  # a read-only store is looked up, never written
             for key, vec in zip(keys, vectors):
                 _MEMO.put(fp, key, vec)
         else:

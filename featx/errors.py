@@ -48,3 +48,18 @@ class StoreError(FeatxError):
 
 class FingerprintMismatchError(StoreError):
     """Vectors of one backbone fingerprint were about to be mixed with another's."""
+
+
+class EmbedInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGINT) stopped an ``embed`` call; what it committed stays stored.
+
+    Subclasses ``KeyboardInterrupt`` so code that handles interrupts keeps doing
+    so. ``committed`` counts the vectors this call stored before it stopped;
+    ``store`` is the store's path (None without a store).
+    """
+
+    def __init__(self, committed: int, store: "str | None" = None):
+        self.committed = int(committed)
+        self.store = store
+        where = f" to {store}" if store else ""
+        super().__init__(f"interrupted; {self.committed} vectors committed{where}")

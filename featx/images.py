@@ -26,9 +26,10 @@ Decisions, and why
   it. Images with alpha are mostly logos, icons and product cut-outs authored
   for light pages; dark line art on a transparent background vanishes over
   black but keeps its shape over white, as it does in a browser.
-* **High bit depth is scaled by its declared depth**, never clipped: 16-bit
-  ``65535`` becomes ``255`` (``>> 8``). See :func:`decode_image` for ``I``
-  and ``F``.
+* **High bit depth is scaled, never clipped**: 16-bit ``65535`` becomes
+  ``255`` (``>> 8``). 10/12/14-bit data in a 16- or 32-bit container is scaled
+  by the depth its values use (or a TIFF's stated maximum), not the
+  container's, which would make it black. See :func:`decode_image`.
 * **The decompression-bomb guard stays on.** featx refuses any image above
   ``PIL.Image.MAX_IMAGE_PIXELS`` itself, from the header, before decoding.
   It does not toggle warning filters: ``warnings.catch_warnings`` swaps
@@ -43,6 +44,7 @@ import hashlib
 import io
 import os
 import re
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -63,18 +65,64 @@ __all__ = [
     "decode_image",
     "decode_image_with_info",
     "list_images",
+    "max_image_bytes",
     "read_bytes",
     "source_key",
 ]
 
-#: File suffixes (lower case) that :func:`list_images` picks up.
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-)
+def _decode_formats() -> tuple:
+    from PIL import features
+
+    # AVIF only where this Pillow was built with libavif (Pillow >= 11.2 wheels are).
+    avif = ("AVIF",) if features.check("avif") else ()
+    return ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM") + avif
+
 
 #: Pillow formats :func:`decode_image` will open (JPEG includes cameras' multi-picture
-#: MPO files; PPM covers PGM too).
-DECODE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
+#: MPO files; PPM covers PGM and PBM too).
+DECODE_FORMATS = _decode_formats()
+
+
+def _image_extensions() -> frozenset:
+    Image.init()  # load every plugin, so the registry is complete
+    formats = set(DECODE_FORMATS) | {"MPO"}
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items()
+                     if fmt in formats)
+
+
+#: File suffixes (lower case) that :func:`list_images` picks up: every suffix Pillow
+#: registers for :data:`DECODE_FORMATS` (``.jfif``, ``.jpe``, ``.pbm``, ``.apng`` ...).
+IMAGE_EXTENSIONS = _image_extensions()
+
+#: Formats recognised by their first bytes that featx does not decode, so an error can
+#: name them instead of "not an image": (name, test of the first 32 bytes).
+_KNOWN_UNSUPPORTED = (
+    ("HEIC/HEIF", lambda b: b[4:8] == b"ftyp" and b[8:12] in (
+        b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1")),
+    ("AVIF", lambda b: b[4:8] == b"ftyp" and b[8:12] in (b"avif", b"avis")),
+    ("JPEG 2000", lambda b: b.startswith(b"\x00\x00\x00\x0cjP  \r\n\x87\n")
+     or b.startswith(b"\xffO\xffQ")),
+    ("JPEG XL", lambda b: b.startswith(b"\xff\x0a")
+     or b.startswith(b"\x00\x00\x00\x0cJXL \r\n\x87\n")),
+    ("Photoshop PSD", lambda b: b.startswith(b"8BPS")),
+    ("PDF", lambda b: b.startswith(b"%PDF")),
+    ("PostScript/EPS", lambda b: b.startswith(b"%!PS") or b.startswith(b"\xc5\xd0\xd3\xc6")),
+    ("SVG", lambda b: b.lstrip().startswith((b"<svg", b"<?xml"))),
+    ("ICO", lambda b: b.startswith(b"\x00\x00\x01\x00")),
+    ("DICOM", lambda b: False),  # magic at byte 128: see _known_format
+)
+
+
+def _known_format(data: bytes) -> str | None:
+    """The name of a format featx recognises but does not decode, from its first bytes."""
+    head = data[:32]
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "DICOM"
+    for name, test in _KNOWN_UNSUPPORTED:
+        if test(head):
+            return name
+    return None
+
 
 #: Accepted values of ``policy``.
 RESIZE_POLICIES = ("squash", "crop", "pad")
@@ -98,6 +146,7 @@ _TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }
 _PIXEL_CHANNELS = (1, 3, 4)
+_DEFAULT_MAX_IMAGE_BYTES = 512 * 2**20
 
 
 # --------------------------------------------------------------------------- sources
@@ -385,12 +434,55 @@ def as_sources(x: Any) -> list[Source]:
 # --------------------------------------------------------------------------- bytes and keys
 
 
-def read_bytes(path: str | os.PathLike) -> bytes:
+def max_image_bytes() -> int:
+    """Largest image file featx reads, in bytes: ``FEATX_MAX_IMAGE_BYTES`` or 512 MiB.
+
+    Well above any real photo (a 100 MP TIFF is ~300 MB); it stops a file that
+    is not an image at all (a disk image, ``/dev/zero`` behind a link) from being
+    read until memory runs out.
+
+    Examples
+    --------
+    >>> max_image_bytes() >= 2**20
+    True
+    """
+    value = os.environ.get("FEATX_MAX_IMAGE_BYTES", "")
+    try:
+        limit = int(value) if value else _DEFAULT_MAX_IMAGE_BYTES
+    except ValueError:
+        raise ImageDecodeError(
+            f"FEATX_MAX_IMAGE_BYTES={value!r}: expected a whole number of bytes") from None
+    if limit < 1:
+        raise ImageDecodeError(f"FEATX_MAX_IMAGE_BYTES={value!r}: expected at least 1 byte")
+    return limit
+
+
+def _human_bytes(n: int) -> str:
+    return f"{n} bytes" if n < 2**20 else f"{n / 2**20:.1f} MiB"
+
+
+def _not_regular(mode: int) -> str | None:
+    """What a non-regular file is, for messages; None for a regular file."""
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def read_bytes(path: str | os.PathLike, max_bytes: int | None = None) -> bytes:
     """The bytes of an image file, with errors that say what went wrong.
+
+    Only regular files are read: a named pipe would block forever and a device
+    (``/dev/zero``) would never end, so both are refused before any byte is
+    read. Files above ``max_bytes`` are refused too.
 
     Parameters
     ----------
     path : str or os.PathLike
+    max_bytes : int, optional
+        Size limit; default :func:`max_image_bytes` (512 MiB).
 
     Returns
     -------
@@ -399,8 +491,9 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     Raises
     ------
     ImageDecodeError
-        Missing file, a folder, permission denied, any other OS error (its
-        reason is quoted), or an empty (0-byte) file.
+        Missing file, a folder, a pipe, device or socket, permission denied, any
+        other OS error (its reason is quoted), an empty (0-byte) file, or a file
+        above the size limit.
 
     Examples
     --------
@@ -415,9 +508,10 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     featx.errors.ImageDecodeError: cannot read '...x.bin.missing': no such file; expected an image file
     """
     p = os.fspath(path)
+    limit = max_image_bytes() if max_bytes is None else int(max_bytes)
     try:
-        with open(p, "rb") as fh:
-            data = fh.read()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError as exc:
         raise ImageDecodeError(f"cannot read {p!r}: no such file; expected an image file") from exc
     except IsADirectoryError as exc:
@@ -432,6 +526,27 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     except OSError as exc:
         raise ImageDecodeError(
             f"cannot read {p!r}: {exc.strerror or exc}; expected a readable image file") from exc
+    try:
+        st = os.fstat(fd)  # of what was opened: no window between a check and the read
+        kind = _not_regular(st.st_mode)
+        if kind is not None:
+            raise ImageDecodeError(f"cannot read {p!r}: it is {kind}; expected an image file")
+        if st.st_size > limit:
+            raise ImageDecodeError(
+                f"cannot read {p!r}: {_human_bytes(st.st_size)} is above the limit of "
+                f"{_human_bytes(limit)} per image (raise FEATX_MAX_IMAGE_BYTES if it is "
+                "really an image)")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(limit + 1)  # a file growing while read still stops at the limit
+    except OSError as exc:
+        raise ImageDecodeError(
+            f"cannot read {p!r}: {exc.strerror or exc}; expected a readable image file") from exc
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ImageDecodeError(
+            f"cannot read {p!r}: more than {_human_bytes(limit)} (the limit per image; "
+            "raise FEATX_MAX_IMAGE_BYTES if it is really an image)")
     if not data:
         raise ImageDecodeError(f"cannot decode {p!r}: empty file (0 bytes); expected an image file")
     return data
@@ -639,15 +754,57 @@ def _bits_of_I(img: Image.Image) -> int:
     return 16
 
 
+_COMMON_DEPTHS = (8, 10, 12, 14, 16, 20, 24, 32)  # sensor and container bit depths
+
+
+def _declared_max(img: Image.Image) -> int | None:
+    """A TIFF's SMaxSampleValue or MaxSampleValue, when the file states one."""
+    tags = getattr(img, "tag_v2", None)
+    if tags is None:
+        return None
+    for tag in (341, 281):  # SMaxSampleValue, MaxSampleValue
+        if tag in tags:
+            value = tags[tag]
+            value = value[0] if isinstance(value, tuple) else value
+            try:
+                value = int(value)
+            except (TypeError, ValueError):
+                continue
+            if value > 0:
+                return value
+    return None
+
+
+def _value_bits(arr: np.ndarray, declared: int) -> int:
+    """Bits the values actually use, rounded up to a common depth, at most ``declared``.
+
+    10-, 12- and 14-bit sensor data usually arrive in 16- or 32-bit containers;
+    scaling by the container's depth made a 12-bit uint32 TIFF all black.
+    """
+    top = int(arr.max()) if arr.size else 0
+    used = max(8, top.bit_length())
+    depth = next((d for d in _COMMON_DEPTHS if d >= used), used)
+    return max(8, min(declared, depth))
+
+
 def _to_8bit(img: Image.Image) -> Image.Image:
-    """``I;16*``, ``I`` and ``F`` images → ``L``, scaled by bit depth, never clipped at 255."""
+    """``I;16*``, ``I`` and ``F`` images → ``L``, scaled by bit depth, never clipped at 255.
+
+    Integer images are scaled by the file's stated maximum sample value where a
+    TIFF gives one, else by the depth their values use (rounded up to 10, 12,
+    14, 16, ... bits, never above the declared depth).
+    """
     mode = img.mode
     arr = np.asarray(img)
-    if mode.startswith("I;16"):
-        out = (arr >> 8).astype(np.uint8)
-    elif mode == "I":
-        shift = _bits_of_I(img) - 8
-        out = (np.clip(arr, 0, None) >> shift).astype(np.uint8)
+    if mode.startswith("I"):
+        values = np.clip(arr, 0, None)
+        top = _declared_max(img)
+        if top is not None:
+            out = np.rint(np.minimum(values, top) * (255.0 / top)).astype(np.uint8)
+        else:
+            declared = 16 if mode.startswith("I;16") else _bits_of_I(img)
+            shift = _value_bits(values, declared) - 8
+            out = (values >> shift).astype(np.uint8)
     else:  # F: floats have no bit depth to go by
         finite = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
         lo, hi = float(finite.min()), float(finite.max())
@@ -764,6 +921,11 @@ def _open(data: bytes, label: str) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data), formats=DECODE_FORMATS)
     except UnidentifiedImageError as exc:
+        known = _known_format(data)
+        if known is not None:
+            raise ImageDecodeError(
+                f"{label}: a {known} file, which featx does not decode; expected one of "
+                f"{', '.join(DECODE_FORMATS)} (convert it first, e.g. to PNG)") from exc
         raise ImageDecodeError(
             f"{label}: not an image Pillow can read (UnidentifiedImageError); expected one of "
             f"{', '.join(DECODE_FORMATS)}; the data starts with {data[:16]!r}") from exc

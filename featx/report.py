@@ -19,7 +19,7 @@ import os
 import platform
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -84,13 +84,23 @@ def out_of_fold_proba(board, sources, y) -> np.ndarray:
 
     Each fold refits a clone of ``board.best_estimator_``; its embedding step
     reads cached vectors (store or process memo), so no image is forwarded again.
+    Images the board left out (``board.dropped_``: unreadable) are in no fold;
+    their rows are NaN, so the result still lines up with ``sources``.
     """
     from sklearn.model_selection import cross_val_predict
 
-    data = np.empty(len(sources), dtype=object)
-    data[:] = list(sources)
-    return cross_val_predict(board.best_estimator_, data, np.asarray(y), cv=board.splits,
-                             method="predict_proba")
+    n = len(sources)
+    covered = np.unique(np.concatenate([np.asarray(te) for _, te in board.splits]))
+    position = np.full(n, -1)
+    position[covered] = np.arange(len(covered))
+    splits = [(position[np.asarray(tr)], position[np.asarray(te)]) for tr, te in board.splits]
+    data = np.empty(len(covered), dtype=object)
+    data[:] = [sources[i] for i in covered]
+    proba = cross_val_predict(board.best_estimator_, data, np.asarray(y)[covered], cv=splits,
+                              method="predict_proba")
+    out = np.full((n, proba.shape[1]), np.nan)
+    out[covered] = proba
+    return out
 
 
 def most_confidently_wrong(y_true, proba, k: int = 12) -> List[int]:
@@ -239,7 +249,8 @@ def _img(name: str, data: bytes, alt: str) -> str:
 def write_report(out_dir, board, *, sources, y, class_names: Sequence[str], proba=None,
                  evaluated_on: str = "out-of-fold predictions", title: str = "featx baseline",
                  dataset_name: Optional[str] = None, history: Optional[Dict[str, list]] = None,
-                 timings: Optional[Dict[str, float]] = None, n_wrong: int = 12) -> Path:
+                 timings: Optional[Dict[str, float]] = None, n_wrong: int = 12,
+                 skipped: Sequence[Tuple[str, str]] = ()) -> Path:
     """Write ``index.html`` (self-contained) and the figures as PNG files into ``out_dir``.
 
     Parameters
@@ -257,6 +268,9 @@ def write_report(out_dir, board, *, sources, y, class_names: Sequence[str], prob
         Training curves (``loss``, ``val_loss``, ``accuracy``, ``val_accuracy``).
     timings : dict, optional
         Stage name → seconds.
+    skipped : sequence of (source, reason)
+        Images left out because they could not be read or decoded; listed in
+        the report so nobody has to search the console for them.
 
     Returns
     -------
@@ -285,6 +299,12 @@ def write_report(out_dir, board, *, sources, y, class_names: Sequence[str], prob
                  f"formats {_esc(summary['formats'])}.</p>")
     parts.append(_table([{"class": k, "images": v} for k, v in summary["counts"].items()],
                         ["class", "images"], left=["class"]))
+    if skipped:
+        parts.append(f"<h2>Images left out ({len(skipped)})</h2>")
+        parts.append("<p class=small>They could not be read or decoded, so they are in no "
+                     "fold, no score and no figure.</p>")
+        parts.append(_table([{"image": src, "reason": why} for src, why in skipped],
+                            ["image", "reason"], left=["image", "reason"]))
 
     frame_rows = _board_rows(board)
     parts.append("<h2>Leaderboard</h2>")

@@ -39,8 +39,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import fcntl
 import json
+import logging
 import os
 import re
 import threading
@@ -54,6 +56,8 @@ import h5py
 import numpy as np
 
 from featx.errors import FingerprintMismatchError, StoreError
+
+log = logging.getLogger("featx")
 
 __all__ = [
     "STORE_VERSION",
@@ -84,6 +88,8 @@ _GAP_BYTES = 256 << 10  # requested rows closer than this are read as one slab
 _KEY_READ_ROWS = 1 << 20  # rows of keys read per call when (re)building the index
 _RDCC_BYTES = 16 << 20  # HDF5 raw-data chunk cache per open file
 _MISSING = object()
+_SAY_WAITING_AFTER_S = 1.0  # a lock wait longer than this is announced once
+_METADATA_SLACK = 1 << 20  # bytes kept free beyond the rows of a write
 
 
 # --------------------------------------------------------------------------------------
@@ -269,15 +275,22 @@ def _now_iso() -> str:
 
 
 class _FileLock:
-    """A writer-preferring readers-writer lock made of two ``flock``-ed sidecar files.
+    """A writer-preferring readers-writer lock on one store *file*, whatever its name.
 
-    ``<path>.lock`` is the lock proper: shared for readers, exclusive for writers.
-    ``<path>.lock.gate`` is a turnstile: a writer holds it exclusively while it waits for
-    ``<path>.lock``; readers pass through it (shared, released at once) before taking their
+    ``<real path>.lock`` is the lock proper: shared for readers, exclusive for writers.
+    ``<real path>.lock.gate`` is a turnstile: a writer holds it exclusively while it waits
+    for the lock; readers pass through it (shared, released at once) before taking their
     shared lock. So a waiting writer stops new readers and gets in as soon as the current
-    ones finish, instead of starving behind readers that keep overlapping. Locks are polled
-    (non-blocking ``flock``) until ``timeout`` seconds have passed; the OS drops the locks
-    of a process that dies.
+    ones finish, instead of starving behind readers that keep overlapping.
+
+    One file, one lock: the sidecars sit beside the *resolved* path, so a symlink and its
+    target share them, and once the store file exists it is ``flock``-ed too, which covers
+    hard links (``flock`` belongs to the inode). A lock keyed on the name given let three
+    names of one file write at once and damage it (tests/robustness/test_failure_paths.py).
+
+    Locks are polled (non-blocking ``flock``) until ``timeout`` seconds have passed; the OS
+    drops the locks of a process that dies. A writer records its PID and start time in the
+    lock file, so a process kept waiting can say, once, whom it waits for.
     """
 
     def __init__(self, lock_path: str, data_path: str, exclusive: bool, timeout: float):
@@ -287,6 +300,10 @@ class _FileLock:
         self.exclusive = exclusive
         self.timeout = timeout
         self.fd: int | None = None
+        self.data_fd: int | None = None
+        self._said_waiting = False
+        self._started = 0.0
+        self._recorded = False
 
     def _open(self, path: str) -> int | None:
         try:
@@ -302,7 +319,27 @@ class _FileLock:
         except OSError:
             return None  # nobody can write there either: read without a lock
 
-    def _acquire(self, fd: int, op: int, deadline: float) -> None:
+    def _holder(self) -> str:
+        """``"PID 123 since 12:00:01 UTC"`` from the lock file, or a vaguer phrase."""
+        try:
+            with open(self.lock_path, "rb") as fh:
+                pid, since = fh.read(200).decode("ascii", "replace").split()[:2]
+            os.kill(int(pid), 0)  # a writer killed with -9 leaves its record behind
+            when = _dt.datetime.fromtimestamp(float(since), _dt.timezone.utc)
+            return f"PID {int(pid)} since {when:%Y-%m-%d %H:%M:%S} UTC"
+        except (OSError, ValueError, OverflowError):
+            return "another process"
+
+    def _say_waiting(self) -> None:
+        if self._said_waiting:
+            return
+        self._said_waiting = True
+        kind = "exclusive" if self.exclusive else "shared"
+        log.warning("featx: waiting for the %s lock on %s, held by %s (up to %g s; a "
+                    "stopped or hung process holds it until it ends)", kind, self.data_path,
+                    self._holder(), self.timeout)
+
+    def _acquire(self, fd: int, op: int, deadline: float, what: str) -> None:
         delay = 0.0005
         while True:
             try:
@@ -311,33 +348,52 @@ class _FileLock:
             except BlockingIOError:
                 pass
             except OSError as exc:
-                raise StoreError(f"cannot lock {self.lock_path!r}: {exc.strerror or exc}") from exc
-            left = deadline - time.monotonic()
+                raise StoreError(f"cannot lock {what!r}: {exc.strerror or exc}") from exc
+            now = time.monotonic()
+            if now - self._started >= _SAY_WAITING_AFTER_S:
+                self._say_waiting()
+            left = deadline - now
             if left <= 0:
                 kind = "exclusive" if self.exclusive else "shared"
                 who = "is reading or writing" if self.exclusive else "is writing to"
                 raise StoreError(
                     f"timed out after {self.timeout:g} s waiting for the {kind} lock on "
-                    f"{self.lock_path!r}: another process {who} {self.data_path!r}. Wait for it "
+                    f"{what!r}: {self._holder()} {who} {self.data_path!r}. Wait for it "
                     "to finish, or pass a larger lock_timeout to EmbeddingStore (a lock held by "
                     "a dead process is released by the OS)."
                 )
             time.sleep(min(delay, left))
-            delay = min(delay * 2, 0.005)
+            delay = min(delay * 2, 0.05)
 
     def __enter__(self) -> "_FileLock":
-        deadline = time.monotonic() + self.timeout
+        self._started = time.monotonic()
+        deadline = self._started + self.timeout
+        op = fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH
         self.fd = self._open(self.lock_path)
-        if self.fd is None:
-            return self
-        gate = self._open(self.gate_path)
+        gate = None if self.fd is None else self._open(self.gate_path)
         try:
             if gate is not None:
-                self._acquire(gate, fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH, deadline)
+                self._acquire(gate, op, deadline, self.gate_path)
                 if not self.exclusive:
                     os.close(gate)  # a reader only passes through the turnstile
                     gate = None
-            self._acquire(self.fd, fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH, deadline)
+            if self.fd is not None:
+                self._acquire(self.fd, op, deadline, self.lock_path)
+            # The store file itself, for other names of it (hard links) with other sidecars.
+            try:
+                self.data_fd = os.open(self.data_path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                self.data_fd = None  # not created yet: only a holder of our sidecar creates it
+            if self.data_fd is not None:
+                self._acquire(self.data_fd, op, deadline, self.data_path)
+            if self.exclusive and self.fd is not None:
+                record = f"{os.getpid()} {time.time():.3f}\n".encode()
+                try:
+                    os.ftruncate(self.fd, 0)
+                    os.pwrite(self.fd, record, 0)
+                    self._recorded = True
+                except OSError:
+                    pass  # only the waiting message loses its PID
         except BaseException:
             self._close()
             raise
@@ -347,9 +403,18 @@ class _FileLock:
         return self
 
     def _close(self) -> None:
+        if self.data_fd is not None:
+            os.close(self.data_fd)
+            self.data_fd = None
         if self.fd is not None:
+            if self.exclusive and self._recorded:
+                try:
+                    os.ftruncate(self.fd, 0)  # the record names the holder only while it holds
+                except OSError:
+                    pass
             os.close(self.fd)  # closing the descriptor releases the flock
             self.fd = None
+            self._recorded = False
 
     def __exit__(self, *exc: Any) -> None:
         self._close()
@@ -558,8 +623,12 @@ class EmbeddingStore:
 
     @property
     def lock_path(self) -> str:
-        """The sidecar lock file, ``<path>.lock``."""
-        return self.path + ".lock"
+        """The sidecar lock file, ``<path>.lock`` beside the resolved path.
+
+        Symlinks resolve to their target, so every name of one file shares one
+        lock (hard links share the ``flock`` on the file itself).
+        """
+        return os.path.realpath(self.path) + ".lock"
 
     def _exists(self) -> bool:
         try:
@@ -679,19 +748,39 @@ class EmbeddingStore:
             if not self._exists():
                 self._create_file()
             f = self._open("r+")
+            no_space = False
             try:
                 yield f
-            finally:
+            except (OSError, RuntimeError) as exc:
+                no_space = "No space left" in str(exc) or getattr(exc, "errno", 0) == errno.ENOSPC
+                if not no_space:
+                    f.close()
+                    raise
+                with contextlib.suppress(Exception):
+                    f.close()  # fails again: HDF5 cannot flush its metadata either
+            except BaseException:
                 f.close()
+                raise
+            else:
+                f.close()
+            if no_space:
+                error = StoreError(f"no space left on the disk of {self.path!r}; the vectors "
+                                   "committed before this write stay intact")
+                # HDF5 keeps the file open internally after a failed flush and crashes
+                # when the interpreter shuts it down; featx's CLI then exits without that
+                # teardown. The committed rows are safe on disk either way.
+                error.hdf5_left_open = True
+                raise error
 
     def _create_file(self) -> None:
-        tmp = f"{self.path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        real = os.path.realpath(self.path)  # through a link: create the target, keep the link
+        tmp = f"{real}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             with h5py.File(tmp, "w-", locking=False) as f:
                 f.attrs["featx_store_version"] = np.int64(STORE_VERSION)
                 f.attrs["featx_version"] = _featx_version()
                 f.create_group(_ROOT)
-            os.replace(tmp, self.path)  # readers see no file or a complete one
+            os.replace(tmp, real)  # readers see no file or a complete one
         except OSError as exc:
             raise StoreError(f"cannot create the store file {self.path!r}: {exc}") from exc
         finally:
@@ -1561,6 +1650,7 @@ class EmbeddingStore:
             for ds in (kds, vds, cds):
                 ds.resize(new_cap, axis=0)
             f.flush()
+        self._check_free_space(m, stored.shape[1] * stored.dtype.itemsize, vds.chunks[0], c)
         crc = _row_crcs(k, stored)
         kds[c : c + m] = k
         vds[c : c + m] = stored
@@ -1570,6 +1660,28 @@ class EmbeddingStore:
         f.flush()
         idx.extend(_void(k), c)
         return m
+
+    def _check_free_space(self, rows: int, row_bytes: int, chunk_rows: int,
+                          committed: int) -> None:
+        """Refuse a write the file system cannot hold, before HDF5 starts it.
+
+        HDF5 does not recover from ENOSPC in the middle of a flush: it raised twice,
+        then crashed the interpreter at exit (tests/robustness/test_failure_paths.py).
+        Needed: the rows, with keys and CRCs, plus a partly filled chunk at each end
+        and room for metadata.
+        """
+        need = (rows + 2 * chunk_rows) * (row_bytes + KEY_BYTES + 4) + _METADATA_SLACK
+        folder = os.path.dirname(os.path.realpath(self.path)) or "."
+        try:
+            st = os.statvfs(folder)
+        except OSError:
+            return  # cannot tell; the write itself will say
+        free = st.f_bavail * st.f_frsize
+        if free < need:
+            raise StoreError(
+                f"no space left on {folder!r} for {rows} new vectors (about "
+                f"{need / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free); "
+                f"{committed} vectors committed in {self.path!r} stay intact")
 
     def merge_from(
         self, other: "str | os.PathLike | EmbeddingStore", batch: int = 8192

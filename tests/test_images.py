@@ -407,7 +407,7 @@ ERROR_CASES = [
     # EPS would hand the file to Ghostscript; featx never opens it.
     ("eps-as-jpeg", "page.jpg",
      lambda p: p.write_text("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n") and p,
-     "UnidentifiedImageError"),
+     "a PostScript/EPS file, which featx does not decode"),
     ("html-as-png", "page.png", lambda p: p.write_text("<!DOCTYPE html><html>") and p,
      "<!DOCTYPE"),
     ("missing", "missing.jpg", lambda p: p, "no such file"),
@@ -566,9 +566,13 @@ def test_list_images_on_a_non_folder(tmp_path):
         list_images(f)
 
 
-def test_image_extensions_are_lower_case_suffixes():
-    assert IMAGE_EXTENSIONS == frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp",
-                                          ".tif", ".tiff", ".ppm", ".pgm"})
+def test_image_extensions_come_from_pillows_registry():
+    # Every suffix Pillow registers for a decoded format is scanned (issue: .jfif, .jpe
+    # and .pbm used to be left out of folder scans silently), all lower case.
+    assert {".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif",
+            ".tiff", ".ppm", ".pgm", ".pbm"} <= IMAGE_EXTENSIONS
+    assert all(ext == ext.lower() and ext.startswith(".") for ext in IMAGE_EXTENSIONS)
+    assert not {".txt", ".csv", ".pdf", ".eps", ".svg"} & IMAGE_EXTENSIONS
 
 
 def test_as_sources_folder_and_single_file(tree):
