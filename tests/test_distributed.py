@@ -140,7 +140,7 @@ class KillMidShard(distributed.WorkerPlugin):
                     except FileExistsError:
                         return
                     os.kill(os.getpid(), signal.SIGKILL)
-            time.sleep(0.002)
+            time.sleep(0.002)  # polling for the first commit, bounded by the deadline
 
 
 def test_killed_worker_loses_and_duplicates_nothing(client, images, reference, tmp_path):

@@ -210,7 +210,7 @@ CHILD = textwrap.dedent("""
         import featx.engine as engine
         original = engine.decode_image
         def slowed(*args, **kwargs):
-            time.sleep(slow)
+            time.sleep(slow)  # a slower decoder, so the parent sees the count grow
             return original(*args, **kwargs)
         engine.decode_image = slowed
     original_put = EmbeddingStore.put

@@ -4,7 +4,9 @@
 headline result is above the majority-class rate of its evaluation set, so the
 exit code is the assertion. Each script is a subprocess (as a user runs it), so
 one script's Keras state cannot leak into another. Each runs in about 20–60 s on
-2 shared cores; none is marked ``slow``.
+2 shared cores: the default run (``make test``) keeps one, the features path that
+is featx's main job; the four that train CNNs are ``slow`` (``make test-all``, and
+before resolving any issue that touches fine-tuning).
 
 The stand-in datasets come from packages (``elpv-dataset``, Debian
 ``dataset-fashion-mnist``); a script whose data is missing is skipped, not failed.
@@ -38,8 +40,15 @@ def test_every_seed_script_is_tested():
     assert sorted(p.name for p in EXAMPLES.glob("seed_*.py")) == sorted(c[0] for c in CASES)
 
 
+#: The one seed script of the default run.
+DEFAULT_RUN = "seed_beans_mobilenetv2_features.py"
+
+
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("script,available,expected", CASES, ids=[c[0][5:-3] for c in CASES])
+@pytest.mark.parametrize("script,available,expected", [
+    pytest.param(*case, id=case[0][5:-3],
+                 marks=() if case[0] == DEFAULT_RUN else pytest.mark.slow)
+    for case in CASES])
 def test_seed_example_quick_beats_the_majority_rate(script, available, expected, tmp_path):
     if not available:
         pytest.skip(f"{script}: its offline stand-in dataset is not installed")

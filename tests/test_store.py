@@ -326,7 +326,7 @@ def test_waiting_writer_is_not_starved_by_new_readers(path):
     writer = threading.Thread(target=write)
     try:
         writer.start()
-        time.sleep(0.2)  # the writer now waits at the turnstile, holding the gate
+        _wait_until_gate_is_held(path + ".lock.gate", writer)
         with pytest.raises(StoreError, match="timed out"):
             EmbeddingStore(path, lock_timeout=0.2).count(FP)  # a new reader queues behind it
     finally:
@@ -334,6 +334,24 @@ def test_waiting_writer_is_not_starved_by_new_readers(path):
     writer.join(10)
     assert result == {"n": 2}
     assert EmbeddingStore(path).count(FP) == 5
+
+
+def _wait_until_gate_is_held(gate_path, writer, timeout=30.0):
+    """Return once another holder has the turnstile exclusively: the order is observed,
+    not hoped for after a sleep."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and writer.is_alive():
+        if os.path.exists(gate_path):
+            fd = os.open(gate_path, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            except BlockingIOError:
+                return  # the writer holds the gate
+            finally:
+                os.close(fd)
+        time.sleep(0.001)  # polling a condition, not a guess at how long it takes
+    pytest.fail("the writer never reached the turnstile")
 
 
 # ----------------------------------------------------------------------------- pickling, index
@@ -359,17 +377,16 @@ def test_pickle_round_trip(path):
     assert clone.count(FP) == 10  # still usable after close
 
 
-def test_lookup_100k_keys_under_one_second(path):
+def test_lookup_100k_keys(path):
+    # Correctness at scale only; its speed is measured by benchmarks/bench_extract.py.
     n = 100_000
     keys = rand_keys(n, seed=11)
     EmbeddingStore(path).put(FP, keys, np.zeros((n, 8), np.float32), spec=SPEC)
-    query = [bytes(k) for k in keys[np.random.default_rng(0).permutation(n)]]
+    order = np.random.default_rng(0).permutation(n)
+    query = [bytes(k) for k in keys[order]]
     fresh = EmbeddingStore(path)  # includes building the index from the file
-    t0 = time.perf_counter()
     rows = fresh.lookup(FP, query)
-    elapsed = time.perf_counter() - t0
-    assert (rows >= 0).all() and len(np.unique(rows)) == n
-    assert elapsed < 1.0, f"100k-key lookup took {elapsed:.2f} s"
+    np.testing.assert_array_equal(rows, order)  # row i holds key i
 
 
 def test_index_follows_other_writers(path):
@@ -628,16 +645,19 @@ def _proc_put(path, keys_blob, batch, start_event):
     total = 0
     for i in range(0, len(keys), batch):
         total += store.put(FP, keys[i : i + batch], vectors_for(keys[i : i + batch]), spec=SPEC)
-        time.sleep(0.001)
+        time.sleep(0.001)  # pacing only: lets the other process interleave its puts
 
 
-def _proc_slow_writer(path, keys_blob, batch, start_event):
+def _proc_slow_writer(path, keys_blob, batch, start_event, halfway, resume):
     keys = np.frombuffer(keys_blob, np.uint8).reshape(-1, 32)
     store = EmbeddingStore(path, lock_timeout=60)
     start_event.wait(30)
     for i in range(0, len(keys), batch):
+        if i == len(keys) // 2:  # stop halfway until the reader has seen this count
+            halfway.set()
+            resume.wait(30)
         store.put(FP, keys[i : i + batch], vectors_for(keys[i : i + batch], dim=64), spec=SPEC)
-        time.sleep(0.004)
+        time.sleep(0.004)  # pacing only: readers interleave with more puts
 
 
 def _proc_endless_writer(path, batch, dim):
@@ -680,8 +700,9 @@ def test_two_processes_put_overlapping_sets(path):
 
 def test_reader_sees_only_committed_rows_while_writer_appends(path):
     keys = rand_keys(3000, seed=41)
-    start = _CTX.Event()
-    proc = _CTX.Process(target=_proc_slow_writer, args=(path, keys.tobytes(), 50, start))
+    start, halfway, resume = _CTX.Event(), _CTX.Event(), _CTX.Event()
+    proc = _CTX.Process(target=_proc_slow_writer,
+                        args=(path, keys.tobytes(), 50, start, halfway, resume))
     proc.start()
     reader = EmbeddingStore(path, lock_timeout=60)
     expected = vectors_for(keys, dim=64)
@@ -689,6 +710,7 @@ def test_reader_sees_only_committed_rows_while_writer_appends(path):
     start.set()
     deadline = time.monotonic() + 60
     while proc.is_alive() and time.monotonic() < deadline:
+        paused = halfway.is_set() and not resume.is_set()
         c = reader.count(FP)
         got, found = reader.get(FP, keys)
         assert found.sum() >= c
@@ -696,9 +718,13 @@ def test_reader_sees_only_committed_rows_while_writer_appends(path):
             assert np.isfinite(got[found]).all()
             np.testing.assert_array_equal(got[found], expected[found])
         counts.append(int(found.sum()))
+        if paused:  # the writer waits halfway: this read saw exactly the first half
+            assert counts[-1] == 1500
+            resume.set()
     _join([proc])
+    counts.append(reader.count(FP))
     assert counts == sorted(counts), "committed count went backwards"
-    assert len(set(counts)) >= 2, counts  # the reader did observe the writer's progress
+    assert 1500 in counts and counts[-1] == 3000, counts  # progress observed, by design
     assert reader.count(FP) == 3000
     reader.verify()
 
@@ -710,8 +736,9 @@ def test_sigkill_mid_put_loses_at_most_the_batch(path):
     store = EmbeddingStore(path, lock_timeout=60)
     deadline = time.monotonic() + 60
     while store.count(FP) < 2 * batch and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(float(np.random.default_rng().uniform(0, 0.03)))
+        time.sleep(0.01)  # polling a condition (enough rows committed), bounded by deadline
+    # A seeded random delay: where the kill lands varies between puts, reproducibly.
+    time.sleep(float(np.random.default_rng(7).uniform(0, 0.03)))  # seeded: where the kill lands
     os.kill(proc.pid, signal.SIGKILL)
     proc.join(10)
     n = store.count(FP)

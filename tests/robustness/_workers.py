@@ -71,7 +71,7 @@ def _writer(store_path, seed, lo, hi, batch, mode="exclusive"):
         if mode == "put":  # no check-then-put: put() alone must still store each key once
             appended += store.put(FP, keys, np.stack([reference(i) for i in part]), spec=SPEC,
                                   forwarded=len(keys))
-            time.sleep(0.002)
+            time.sleep(0.002)  # pacing only: lets the other writers interleave
             continue
         with store.exclusive():
             missing = [j for j, row in enumerate(store.lookup(FP, keys)) if row < 0]
@@ -79,7 +79,7 @@ def _writer(store_path, seed, lo, hi, batch, mode="exclusive"):
                 vecs = np.stack([reference(part[j]) for j in missing])
                 appended += store.put(FP, [keys[j] for j in missing], vecs, spec=SPEC,
                                       forwarded=len(missing))
-        time.sleep(0.002)
+        time.sleep(0.002)  # pacing only: lets the other writers interleave
     print(json.dumps({"appended": appended}), flush=True)
 
 

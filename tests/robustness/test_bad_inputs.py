@@ -49,7 +49,7 @@ def test_decode_image(corpus, kind):
         x = decode_image(case.path, (32, 32))
         assert x.shape == (32, 32, 3) and x.dtype == np.uint8
         return
-    with pytest.raises(Exception) as info:
+    with pytest.raises(FeatxError) as info:
         decode_image(case.path, (32, 32))
     _assert_clear(info.value, case.path)
 
@@ -66,7 +66,7 @@ def test_embedder_raise_mode(corpus, backbone, kind, tmp_path):
         assert store.count(backbone.fingerprint) == 1
         store.verify()
         return
-    with pytest.raises(Exception) as info:
+    with pytest.raises(FeatxError) as info:
         emb.embed([case.path])
     _assert_clear(info.value, case.path)
     assert store.count(backbone.fingerprint) == 0  # nothing half-written for it
@@ -110,7 +110,7 @@ def test_image_embedder_transform(corpus, tmp_path):
                                  cache=str(tmp_path / "emb.h5")).fit(paths[:1])
     good = next(c.path for c in cases if c.expectation == "ok")
     for case in bad:
-        with pytest.raises(Exception) as info:
+        with pytest.raises(FeatxError) as info:
             strict.transform([good, case.path])
         _assert_clear(info.value, case.path)
     EmbeddingStore(tmp_path / "emb.h5").verify()
@@ -177,7 +177,7 @@ def test_finetune_predict_over_the_corpus(corpus, untrained_classifier):
     proba = untrained_classifier.predict_proba(good)
     assert proba.shape == (len(good), 2) and np.isfinite(proba).all()
     for case in (c for c in cases if c.expectation == "error"):
-        with pytest.raises(Exception) as info:
+        with pytest.raises(FeatxError) as info:
             untrained_classifier.predict_proba([good[0], case.path])
         _assert_clear(info.value, case.path)
 

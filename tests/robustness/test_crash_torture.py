@@ -85,7 +85,7 @@ def _run(tmp_path, kills, seed=0):
     for _ in range(kills):
         proc = _start(store_path, listing, progress)
         _wait_ready(proc)
-        time.sleep(rng.uniform(0.0, 0.6))
+        time.sleep(rng.uniform(0.0, 0.6))  # a seeded random moment for the kill to land
         if proc.poll() is None:
             landed_mid_run += 1
         proc.send_signal(signal.SIGKILL)
