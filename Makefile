@@ -28,10 +28,12 @@ demo: install
 	$(VENV)/bin/featx baseline --dataset elpv --out $(DEMO_OUT)
 
 # pytest exits 5 when it collects no test; that is not a failure of the code.
+# Every docstring example in featx/ runs too (--doctest-modules featx).
 # The backend_smoke subset runs a second time under JAX: the engine and the
 # backbones must stay backend-neutral (GPU machines may have no TensorFlow).
 test: install
-	$(PY) -m pytest -m "not slow and not gpu and not network" $(PYTEST_ARGS); \
+	$(PY) -m pytest -m "not slow and not gpu and not network" tests featx --doctest-modules \
+		$(PYTEST_ARGS); \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; \
 	[ $$rc -eq 0 ] || exit $$rc; \
 	KERAS_BACKEND=jax $(PY) -m pytest -m "backend_smoke and not slow" -p no:cacheprovider $(PYTEST_ARGS); \
@@ -41,7 +43,7 @@ photos: install
 	$(PY) examples/classify_photos.py
 
 test-all: install
-	$(PY) -m pytest -m "not gpu and not network" $(PYTEST_ARGS); \
+	$(PY) -m pytest -m "not gpu and not network" tests featx --doctest-modules $(PYTEST_ARGS); \
 	rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
 # Robustness at full strength: 20 SIGKILLs, 1000 fuzz examples per property, more

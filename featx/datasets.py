@@ -9,7 +9,7 @@ path-based flow, and the content-hash cache, apply to them as to a user's folder
 Examples
 --------
 >>> from featx.datasets import load_lfw_subset
->>> sources, y, names = load_lfw_subset()       # doctest: +SKIP
+>>> sources, y, names = load_lfw_subset()  # scikit-image ships it: works offline
 >>> len(sources), names
 (200, ['face', 'non-face'])
 """

@@ -639,7 +639,9 @@ class _Run:
         if self.e.store is None or self.rows_at_start is None:
             return 0
         try:
-            return max(0, self.e.store.count(self.bb.fingerprint) - self.rows_at_start)
+            # A short lock wait: after Ctrl-C nobody should wait behind another writer.
+            quick = EmbeddingStore(self.e.store.path, readonly=True, lock_timeout=2.0)
+            return max(0, quick.count(self.bb.fingerprint) - self.rows_at_start)
         except FeatxError:
             return int(self.stats["forwarded"])
 

@@ -7,7 +7,6 @@ cost). Images are ~60 tiny JPEGs and the backbone MobileNetV2 at 32 px, random w
 
 from __future__ import annotations
 
-import doctest
 import os
 import signal
 import sys
@@ -260,8 +259,3 @@ def test_argument_errors(client, images, tmp_path):
         fxd.embed_with_cluster(images, SPEC, store)
     with pytest.raises(FeatxError, match="spec"):
         fxd.backbone_spec({"weights": None})
-
-
-def test_doctests():
-    result = doctest.testmod(fxd, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 10

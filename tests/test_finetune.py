@@ -16,7 +16,6 @@ compiled path users take, and every prediction runs compiled.
 from __future__ import annotations
 
 import contextlib
-import doctest
 import os
 import pickle
 import subprocess
@@ -537,8 +536,3 @@ def test_bad_labels_are_refused():
     with pytest.raises(FeatxError, match="stratified"):
         FineTuneClassifier(**{**TINY, "weights": None, "validation_fraction": 0.2}).fit(
             x, ["a", "a", "a", "b"])
-
-
-def test_docstring_examples_run(eager):
-    result = doctest.testmod(finetune, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 0

@@ -5,7 +5,6 @@ Every image is generated with Pillow inside tmp_path; cases are tables.
 
 from __future__ import annotations
 
-import doctest
 import hashlib
 import io
 import os
@@ -672,8 +671,3 @@ def test_decoding_in_threads_matches_serial(tmp_path):
     with ThreadPoolExecutor(4) as pool:
         threaded = list(pool.map(lambda p: decode_image(p, (32, 32), policy="crop"), paths))
     assert all(np.array_equal(a, b) for a, b in zip(serial, threaded))
-
-
-def test_docstring_examples_run():
-    result = doctest.testmod(images, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 10 and result.failed == 0

@@ -121,7 +121,7 @@ class Backbone:
     >>> bb = featx.get_backbone("mobilenet_v2", weights=None, input_size=32)
     >>> (bb.name, bb.input_size, bb.dim, len(bb.fingerprint))
     ('mobilenet_v2', 32, 1280, 64)
-    >>> bb.preprocess(np.zeros((1, 32, 32, 3), np.uint8)).min()
+    >>> float(bb.preprocess(np.zeros((1, 32, 32, 3), np.uint8)).min())
     -1.0
     """
 

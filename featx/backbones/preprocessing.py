@@ -37,8 +37,9 @@ class Preprocessing:
     --------
     >>> import numpy as np
     >>> from featx.backbones.preprocessing import get_preprocessing
-    >>> get_preprocessing("tf")(np.array([[[[0, 255, 127]]]], dtype=np.uint8)).round(3).tolist()
-    [[[[-1.0, 1.0, -0.004]]]]
+    >>> x = get_preprocessing("tf")(np.array([[[[0, 255, 127]]]], dtype=np.uint8))
+    >>> [round(float(v), 3) for v in x.ravel()]
+    [-1.0, 1.0, -0.004]
     """
 
     mode: str

@@ -51,6 +51,28 @@ def featx_cli(*args, cwd=None, timeout=180, env=None):
     return proc
 
 
+class _Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def featx_here(capsys, *args, cwd=None):
+    """``featx ARGS`` in this process: for errors found before any model runs (no TensorFlow
+    start-up per case; the subprocess cases above cover what needs a fresh interpreter)."""
+    from featx.cli import main
+
+    capsys.readouterr()
+    here = os.getcwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        code = main([str(a) for a in args])
+    finally:
+        os.chdir(here)
+    out, err = capsys.readouterr()
+    return _Result(code, out, err)
+
+
 def assert_one_line_error(proc, *fragments):
     """Exit 2 and exactly one stderr line that contains every fragment."""
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -63,9 +85,10 @@ def assert_one_line_error(proc, *fragments):
 
 
 def verify_ok(store_path):
-    proc = featx_cli("cache", "verify", store_path, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return proc
+    """What `featx cache verify F` checks (CRCs, finiteness, unique keys of every row)."""
+    from featx.store import EmbeddingStore
+
+    return EmbeddingStore(str(store_path), readonly=True).verify()
 
 
 @pytest.fixture(scope="module")
@@ -210,8 +233,7 @@ def test_one_ctrl_c_exits_130_with_the_count_committed(tmp_path):
     assert len(lines) == 1 and "interrupted;" in lines[0] and "vectors committed" in lines[0], err
     committed = int(lines[0].split("interrupted;")[1].split()[0])
     assert took < BOUND_S, f"exit took {took:.1f} s after SIGINT"
-    info = json.loads(featx_cli("cache", "info", store, "--json").stdout)
-    assert committed == info["backbones"][0]["rows"] > 0
+    assert committed == _rows(store) > 0
     verify_ok(store)
     record("failure_sigint", dict(exit_s=round(took, 2), committed=committed))
 
@@ -464,8 +486,11 @@ def trained(tmp_path_factory):
 
 
 def _rows(store_path):
-    info = json.loads(featx_cli("cache", "info", store_path, "--json").stdout)
-    return sum(b["rows"] for b in info["backbones"])
+    """Committed vectors in a store, as `featx cache info` counts them."""
+    from featx.store import EmbeddingStore
+
+    return sum(b["rows"] for b in EmbeddingStore(str(store_path), readonly=True)
+               .info()["backbones"])
 
 
 def test_a_saved_model_predicts_from_any_folder_and_never_writes_its_cache(trained, tmp_path):
@@ -540,21 +565,21 @@ def test_high_bit_depth_is_scaled_by_the_depth_the_values_use(tmp_path, case):
     (["--batch-size", "0"], "--batch-size: 0 is out of range"),
     (["--workers", "0"], "--workers: 0 is out of range"),
 ], ids=["input-size-0", "input-size-huge", "batch-0", "workers-0"])
-def test_out_of_range_numbers_are_refused_with_the_range(tmp_path, args, fragment):
+def test_out_of_range_numbers_are_refused_with_the_range(tmp_path, capsys, args, fragment):
     """Was: 0 fell back to the default; --input-size 100000 ran to 9.6 GB RSS."""
-    proc = featx_cli("embed", _one_png(tmp_path), "--cache", tmp_path / "s.h5", *args)
+    proc = featx_here(capsys, "embed", _one_png(tmp_path), "--cache", tmp_path / "s.h5", *args)
     assert_one_line_error(proc, fragment)
     assert not (tmp_path / "s.h5").exists()
 
 
-def test_baseline_refuses_limit_zero_and_an_out_file(tmp_path):
+def test_baseline_refuses_limit_zero_and_an_out_file(tmp_path, capsys):
     src = _labelled_tree(tmp_path / "data", n=3)
-    assert_one_line_error(featx_cli("baseline", src, "--out", tmp_path / "o", "--limit", "0"),
-                          "--limit: 0 is out of range")
+    assert_one_line_error(featx_here(capsys, "baseline", src, "--out", tmp_path / "o",
+                                     "--limit", "0"), "--limit: 0 is out of range")
     existing = tmp_path / "report.txt"
     existing.write_text("keep me")
-    assert_one_line_error(featx_cli("baseline", src, "--out", existing, *BASELINE_ARGS),
-                          "report.txt", "is an existing file")
+    assert_one_line_error(featx_here(capsys, "baseline", src, "--out", existing,
+                                     *BASELINE_ARGS), "report.txt", "is an existing file")
     assert existing.read_text() == "keep me"
 
 
@@ -565,13 +590,13 @@ def test_baseline_refuses_limit_zero_and_an_out_file(tmp_path):
     (b"path,label\ndark/dark_00.png,dark\nlight/light_00.png,light\ndark/dark_00.png,light\n",
      ["list.csv:4", "'dark/dark_00.png' is labelled 'light' here and 'dark' on line 2"]),
 ], ids=["short-row", "latin-1", "empty-label", "two-labels"])
-def test_baseline_csv_problems_are_one_line_errors(tmp_path, content, fragments):
+def test_baseline_csv_problems_are_one_line_errors(tmp_path, capsys, content, fragments):
     """Was: a short row or Latin-1 gave a traceback; an empty label made a silent class
     "", one image under two labels was silent."""
     src = _labelled_tree(tmp_path / "data", n=3)
     listing = src / "list.csv"
     listing.write_bytes(content)
-    proc = featx_cli("baseline", listing, "--out", tmp_path / "out", *BASELINE_ARGS)
+    proc = featx_here(capsys, "baseline", listing, "--out", tmp_path / "out", *BASELINE_ARGS)
     assert_one_line_error(proc, *fragments)
 
 
@@ -587,7 +612,7 @@ def _write_numeric_model(path):
     ("not-pickle", "not a model file featx can load"),
     ("numeric-model", "expects numeric features, not images"),
 ])
-def test_predict_with_a_bad_model_file_is_one_line(tmp_path, trained, kind, fragment):
+def test_predict_with_a_bad_model_file_is_one_line(tmp_path, capsys, trained, kind, fragment):
     out, src = trained
     model = tmp_path / "model.joblib"
     if kind == "truncated":
@@ -597,17 +622,17 @@ def test_predict_with_a_bad_model_file_is_one_line(tmp_path, trained, kind, frag
         model.write_text("just some text, not a pickle\n")
     else:
         _write_numeric_model(model)
-    proc = featx_cli("predict", model, src / "dark")
+    proc = featx_here(capsys, "predict", model, src / "dark")
     assert_one_line_error(proc, "model.joblib", fragment)
 
 
-def test_predict_out_checks_and_non_utf8_names(tmp_path, trained):
+def test_predict_out_checks_and_non_utf8_names(tmp_path, capsys, trained):
     """Was: --out a folder gave a traceback; a non-UTF-8 file name left a partial CSV."""
     out, src = trained
     folder_out = tmp_path / "preds"
     folder_out.mkdir()
-    assert_one_line_error(featx_cli("predict", out / "best_model.joblib", src / "dark",
-                                    "--out", folder_out), "is a folder")
+    assert_one_line_error(featx_here(capsys, "predict", out / "best_model.joblib",
+                                     src / "dark", "--out", folder_out), "is a folder")
     odd = tmp_path / "odd"
     odd.mkdir()
     raw = os.fsencode(str(odd)) + b"/caf\xe9.png"  # Latin-1 bytes: not valid UTF-8
