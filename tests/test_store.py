@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 
 from featx.errors import FingerprintMismatchError, StoreError
-from featx.store import STORE_VERSION, EmbeddingStore, _KeyIndex, _void
+from featx.store import STORE_VERSION, EmbeddingStore
+from featx.store._format import _void
+from featx.store._index import _KeyIndex
 
 try:
     from hypothesis import HealthCheck, settings
@@ -579,7 +581,7 @@ def test_verify_detects_duplicate_key_written_behind_its_back(path):
         g = f[group_path()]
         g["keys"][10] = k[3]
         g["vectors"][10] = vectors_for(k[3:4])[0]
-        from featx.store import _row_crcs
+        from featx.store._format import _row_crcs
 
         g["crc"][10] = _row_crcs(k[3:4], vectors_for(k[3:4]))[
             0

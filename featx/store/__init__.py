@@ -1,0 +1,49 @@
+"""Crash-safe HDF5 store of embedding vectors, keyed by image content × backbone fingerprint.
+
+Layout of a store file (format version :data:`STORE_VERSION`)::
+
+    /                              attrs: featx_store_version=1, featx_version
+    /backbones/<fingerprint>/      one group per backbone fingerprint (64 lowercase hex chars)
+        keys     (A, 32) uint8     sha256 digests of image content, one row per vector
+        vectors  (A, dim) f4 | f2  the embeddings, in the storage dtype of the group
+        crc      (A,) uint32       CRC-32 of each row's key bytes, then its stored vector bytes
+        attrs: spec (JSON of the backbone spec), dim, dtype ("float32" | "float16"),
+               committed (rows a reader may trust), created (ISO-8601 UTC), uid (random hex)
+
+``A`` is the *allocated* length. The three datasets are chunked, resizable and created
+with HDF5's ``H5D_ALLOC_TIME_EARLY`` (and ``H5D_FILL_TIME_NEVER``), and they grow
+geometrically (×2 until a dataset holds 256 MiB, then ×1.25), so most appends write raw
+chunk data only and touch no HDF5 metadata except the ``committed`` attribute.
+
+Commit protocol: under an exclusive lock, rows are written into
+``[committed, committed + n)``, the file is flushed, then ``committed`` is advanced in place
+(``attrs.modify``) and the file is flushed again. Readers trust only rows ``< committed``;
+a process killed mid-batch loses that batch and never corrupts committed rows (the next
+append overwrites the uncommitted tail).
+
+Concurrency: the HDF5 file is opened per operation (``h5py.File(..., locking=False)``) and
+closed at its end, so an :class:`EmbeddingStore` holds a path and a few parameters and
+pickles. A sidecar ``<path>.lock`` file is locked with :func:`fcntl.flock`: exclusive for
+writers (:meth:`~EmbeddingStore.put`, :meth:`~EmbeddingStore.merge_from`), shared for
+readers. A second sidecar, ``<path>.lock.gate``, is a turnstile that a waiting writer
+holds, so a stream of readers cannot starve it. ``flock`` is advisory and works on local
+file systems; on NFS it depends on the mount (Linux ≥ 2.6.12 emulates it with POSIX
+byte-range locks). Within one process, store objects on the same path exclude each other
+the same way (each operation opens its own lock descriptors); one object serialises its
+own operations with a thread lock.
+
+This module never imports TensorFlow or Keras.
+"""
+
+from __future__ import annotations
+
+from ._format import KEY_BYTES, SPEC_FREE_FIELDS, STORE_VERSION, SUPPORTED_DTYPES
+from ._store import EmbeddingStore
+
+__all__ = [
+    "STORE_VERSION",
+    "KEY_BYTES",
+    "SUPPORTED_DTYPES",
+    "SPEC_FREE_FIELDS",
+    "EmbeddingStore",
+]

@@ -1,0 +1,124 @@
+"""fsck for a store file: what :meth:`EmbeddingStore.verify` checks in each group."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+
+from ._format import (_FP_RE, _READ_BLOCK_BYTES, _VOID, KEY_BYTES, SUPPORTED_DTYPES,
+                      _row_crcs, _void)
+
+
+def verify_group(root: h5py.Group, name: str, problems: list[str]) -> dict | None:
+    """Check one backbone group of a store file; append what is wrong to ``problems``.
+
+    Returns the group's summary for :meth:`EmbeddingStore.verify`, or None when the
+    group is too damaged to summarise. Reads every committed row, in blocks.
+    """
+    where = f"group {name}"
+    if not _FP_RE.match(name):
+        problems.append(f"{where}: name is not a 64-hex fingerprint")
+    g = root[name]
+    if not isinstance(g, h5py.Group):
+        problems.append(f"{where}: is not a group")
+        return None
+    a = g.attrs
+    missing = [k for k in ("spec", "dim", "dtype", "committed") if k not in a]
+    if missing:
+        problems.append(f"{where}: missing attributes {missing}")
+        return None
+    spec = None
+    try:
+        spec = json.loads(str(a["spec"]))
+        if not isinstance(spec, dict):
+            problems.append(f"{where}: spec is not a JSON object")
+    except json.JSONDecodeError as exc:
+        problems.append(f"{where}: spec is not valid JSON ({exc})")
+    dim, dtype, committed = int(a["dim"]), str(a["dtype"]), int(a["committed"])
+    # Robustness fix (tests/robustness): a spec that names another fingerprint or
+    # width than its group holds is a foreign or hand-edited group; report it.
+    if isinstance(spec, dict):
+        if "fingerprint" in spec and spec["fingerprint"] != name:
+            problems.append(
+                f"{where}: its spec names fingerprint {spec['fingerprint']!r}; the group "
+                "holds vectors of another backbone than its spec says"
+            )
+        if "dim" in spec and spec["dim"] != dim:
+            problems.append(f"{where}: spec says dim {spec['dim']!r}, the group stores {dim}")
+    if dtype not in SUPPORTED_DTYPES:
+        problems.append(f"{where}: dtype attribute {dtype!r} is not one of {SUPPORTED_DTYPES}")
+        return None
+    dsets = {}
+    for dname, want_dtype, want_tail in (
+        ("keys", np.dtype(np.uint8), (KEY_BYTES,)),
+        ("vectors", np.dtype(dtype), (dim,)),
+        ("crc", np.dtype(np.uint32), ()),
+    ):
+        ds = g.get(dname)
+        if not isinstance(ds, h5py.Dataset):
+            problems.append(f"{where}: dataset {dname!r} missing")
+            continue
+        if ds.dtype != want_dtype or ds.shape[1:] != want_tail:
+            problems.append(
+                f"{where}/{dname}: expected dtype {want_dtype} and rows of shape {want_tail}, "
+                f"found {ds.dtype} {ds.shape}"
+            )
+            continue
+        dsets[dname] = ds
+    if len(dsets) < 3:
+        return None
+    lengths = {k: d.shape[0] for k, d in dsets.items()}
+    allocated = min(lengths.values())
+    if len(set(lengths.values())) != 1:
+        problems.append(f"{where}: datasets have different allocated lengths {lengths}")
+    if committed < 0 or committed > allocated:
+        problems.append(
+            f"{where}: committed = {committed} but only {allocated} rows are allocated"
+        )
+        return None
+    # committed rows, in blocks: finite vectors, matching CRCs; collect keys for uniqueness
+    row_bytes = dim * np.dtype(dtype).itemsize
+    block = max(1, _READ_BLOCK_BYTES // max(1, row_bytes))
+    all_keys = np.empty(committed, _VOID)
+    nonfinite = bad_crc = 0
+    first_nonfinite = first_bad_crc = None
+    for lo in range(0, committed, block):
+        hi = min(committed, lo + block)
+        k, v, c = dsets["keys"][lo:hi], dsets["vectors"][lo:hi], dsets["crc"][lo:hi]
+        all_keys[lo:hi] = _void(k)
+        nf = np.flatnonzero(~np.isfinite(v).all(axis=1))
+        if len(nf):
+            nonfinite += len(nf)
+            first_nonfinite = (
+                first_nonfinite if first_nonfinite is not None else lo + int(nf[0])
+            )
+        bc = np.flatnonzero(_row_crcs(k, v) != c)
+        if len(bc):
+            bad_crc += len(bc)
+            first_bad_crc = first_bad_crc if first_bad_crc is not None else lo + int(bc[0])
+    if nonfinite:
+        problems.append(
+            f"{where}: {nonfinite} committed rows hold NaN or inf (first row {first_nonfinite})"
+        )
+    if bad_crc:
+        problems.append(
+            f"{where}: {bad_crc} committed rows fail their checksum (first row {first_bad_crc})"
+        )
+    if committed > 1:
+        s = np.sort(all_keys)
+        dup = int(np.count_nonzero(s[1:] == s[:-1]))
+        if dup:
+            problems.append(
+                f"{where}: {dup} duplicate keys among the {committed} committed rows"
+            )
+    return {
+        "fingerprint": name,
+        "name": spec.get("name") if isinstance(spec, dict) else None,
+        "dim": dim,
+        "dtype": dtype,
+        "rows": committed,
+        "allocated": allocated,
+        "bytes": int(sum(d.id.get_storage_size() for d in dsets.values())),
+    }
