@@ -229,10 +229,7 @@ def _load_labelled(args):
         test = datasets.load_image_folder(args.src, split="test", class_names=names)
         return sources, y, names, (test[0], test[1]), (
             f"{args.src} (train: {splits['train'].name}, held-out test: {splits['test'].name})")
-    sources, y, names = datasets.load_source(args.src)
-    if args.limit:
-        keep = datasets._stratified_first(y, args.limit, len(names))
-        sources, y = [sources[i] for i in keep], y[keep]
+    sources, y, names = datasets.load_source(args.src, limit=args.limit)
     return sources, y, names, None, str(args.src)
 
 

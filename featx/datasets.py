@@ -250,12 +250,34 @@ def _read_listing(path: Path, path_column: str, label_column: str) -> List[Tuple
     return rows
 
 
-def load_source(source, *, split: Optional[str] = None) -> Dataset:
-    """A folder tree or a CSV, whichever ``source`` is (what the CLI's SRC accepts)."""
+def load_source(source, *, split: Optional[str] = None, limit: Optional[int] = None) -> Dataset:
+    """A folder tree or a CSV, whichever ``source`` is (what the CLI's SRC accepts).
+
+    ``limit`` keeps the first ``limit // n_classes`` images of each class.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from PIL import Image
+    >>> from featx.datasets import load_source
+    >>> root = tempfile.mkdtemp()
+    >>> for label in ("cat", "dog"):
+    ...     os.mkdir(os.path.join(root, label))
+    ...     for i in range(3):
+    ...         Image.new("RGB", (8, 8)).save(os.path.join(root, label, f"{i}.png"))
+    >>> sources, y, names = load_source(root, limit=4)
+    >>> len(sources), y.tolist(), names
+    (4, [0, 0, 1, 1], ['cat', 'dog'])
+    """
     source = Path(source)
     if source.is_file() and source.suffix.lower() in (".csv", ".tsv", ".txt"):
-        return load_csv(source)
-    return load_image_folder(source, split=split)
+        sources, y, names = load_csv(source)
+    else:
+        sources, y, names = load_image_folder(source, split=split)
+    if limit:
+        keep = _stratified_first(y, limit, len(names))
+        sources, y = [sources[i] for i in keep], y[keep]
+    return sources, y, names
 
 
 # --------------------------------------------------------------------------- materialising

@@ -873,9 +873,9 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         """
         keras = import_keras()
         from .engine import Embedder
-        from .sklearn import _cached_store
+        from .store import shared_store
 
-        embedder = Embedder(bb, store=_cached_store(self.cache), batch_size=int(self.batch_size),
+        embedder = Embedder(bb, store=shared_store(self.cache), batch_size=int(self.batch_size),
                             on_error="raise", progress=bool(self.verbose), policy=self.policy)
         x_train = embedder.embed(train[0])
         validation = None

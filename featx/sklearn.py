@@ -40,7 +40,6 @@ log = logging.getLogger("featx")
 # ----------------------------------------------------------------- process caches
 
 _BACKBONES: Dict[tuple, Backbone] = {}
-_STORES: Dict[str, Any] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -52,9 +51,11 @@ def clear_backbone_cache() -> None:
     >>> from featx.sklearn import clear_backbone_cache
     >>> clear_backbone_cache()
     """
+    from .store import forget_shared_stores
+
     with _CACHE_LOCK:
         _BACKBONES.clear()
-        _STORES.clear()
+    forget_shared_stores()
 
 
 def _weights_key(weights) -> Any:
@@ -86,26 +87,6 @@ def _cached_backbone(backbone: str, weights, input_size: Optional[int], pooling:
                               dtype=dtype)
             _BACKBONES[key] = bb
         return bb
-
-
-def _cached_store(cache):
-    """One EmbeddingStore object per path and process: its in-memory key index then
-    survives across the many ``transform`` calls of a grid search."""
-    if cache is None:
-        return None
-    from .store import EmbeddingStore
-
-    if isinstance(cache, EmbeddingStore):
-        return cache
-    if not isinstance(cache, (str, os.PathLike)):
-        raise FeatxError(f"cache must be a path to an HDF5 store (or None); "
-                         f"got {type(cache).__name__}: {cache!r}")
-    path = os.path.abspath(os.fspath(cache))
-    with _CACHE_LOCK:
-        store = _STORES.get(path)
-        if store is None:
-            store = _STORES[path] = EmbeddingStore(path)
-        return store
 
 
 # ----------------------------------------------------------------- input handling
@@ -364,7 +345,9 @@ class ImageEmbedder(_ImageInputMixin, TransformerMixin, BaseEstimator):
     def _embedder(self, bb: Backbone):
         from .engine import Embedder
 
-        return Embedder(bb, store=_cached_store(self.cache), batch_size=self.batch_size,
+        from .store import shared_store
+
+        return Embedder(bb, store=shared_store(self.cache), batch_size=self.batch_size,
                         on_error=self.on_error, progress=self.progress, policy=self.policy)
 
     def _embed(self, sources: list):

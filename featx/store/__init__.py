@@ -37,8 +37,56 @@ This module never imports TensorFlow or Keras.
 
 from __future__ import annotations
 
+import os
+import threading
+
+from featx.errors import FeatxError
+
 from ._format import KEY_BYTES, SPEC_FREE_FIELDS, STORE_VERSION, SUPPORTED_DTYPES
 from ._store import EmbeddingStore
+
+_SHARED: dict = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_store(cache):
+    """This process's one :class:`EmbeddingStore` for ``cache`` (a path, a store, or None).
+
+    Every estimator and fine-tuner that names the same file gets the same object,
+    so the in-memory key index is built once and survives the many ``transform``
+    calls of a grid search.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from featx.store import shared_store
+    >>> path = os.path.join(tempfile.mkdtemp(), "emb.h5")
+    >>> shared_store(path) is shared_store(path), shared_store(None)
+    (True, None)
+    """
+    if cache is None or isinstance(cache, EmbeddingStore):
+        return cache
+    if not isinstance(cache, (str, os.PathLike)):
+        raise FeatxError(f"cache must be a path to an HDF5 store (or None); "
+                         f"got {type(cache).__name__}: {cache!r}")
+    path = os.path.abspath(os.fspath(cache))
+    with _SHARED_LOCK:
+        store = _SHARED.get(path)
+        if store is None:
+            store = _SHARED[path] = EmbeddingStore(path)
+        return store
+
+
+def forget_shared_stores() -> None:
+    """Drop the handles :func:`shared_store` keeps (their indexes are rebuilt on next use).
+
+    Examples
+    --------
+    >>> from featx.store import forget_shared_stores
+    >>> forget_shared_stores()
+    """
+    with _SHARED_LOCK:
+        _SHARED.clear()
 
 __all__ = [
     "STORE_VERSION",
@@ -46,4 +94,6 @@ __all__ = [
     "SUPPORTED_DTYPES",
     "SPEC_FREE_FIELDS",
     "EmbeddingStore",
+    "forget_shared_stores",
+    "shared_store",
 ]
