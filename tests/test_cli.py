@@ -168,6 +168,9 @@ def test_embed_on_a_local_dask_cluster(tree, tmp_path):
     assert run("cache", "verify", cache).returncode == 0
 
 
+# Trains two CNNs through the CLI (~40 s); the library's fine-tuned rows stay in the default
+# run (tests/test_baseline.py), this end-to-end run is in make test-all.
+@pytest.mark.slow
 def test_baseline_finetune_adds_held_out_rows_and_training_curves(tree, tmp_path):
     out = tmp_path / "out"
     result = run("baseline", tree, "--out", out, *FAST[:-1], "--json", "--finetune",

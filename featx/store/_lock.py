@@ -111,7 +111,7 @@ class _FileLock:
                     "a dead process is released by the OS)."
                 )
             time.sleep(min(delay, left))
-            delay = min(delay * 2, 0.05)
+            delay = min(delay * 2, 0.005)  # short: a reader must catch the gap between puts
 
     def __enter__(self) -> "_FileLock":
         self._started = time.monotonic()
