@@ -27,9 +27,11 @@ class _FileLock:
 
     ``<real path>.lock`` is the lock proper: shared for readers, exclusive for writers.
     ``<real path>.lock.gate`` is a turnstile: a writer holds it exclusively while it waits
-    for the lock; readers pass through it (shared, released at once) before taking their
-    shared lock. So a waiting writer stops new readers and gets in as soon as the current
-    ones finish, instead of starving behind readers that keep overlapping.
+    for the lock, a reader holds it shared while it waits for its shared lock; both let go
+    of it once they hold the lock. So a waiting writer stops new readers and gets in as
+    soon as the current ones finish (readers that keep overlapping cannot starve it), and
+    a waiting reader gets in before a writer that keeps re-taking the lock for batch
+    after batch (which starved readers: tests/test_distributed.py's kill-mid-shard).
 
     One file, one lock: the sidecars sit beside the *resolved* path, so a symlink and its
     target share them, and once the store file exists it is ``flock``-ed too, which covers
@@ -121,10 +123,9 @@ class _FileLock:
         gate = None if self.fd is None else self._open(self.gate_path)
         try:
             if gate is not None:
+                # Readers too hold the turnstile (shared) until they have the lock: a writer
+                # that just released cannot take the turnstile back and starve them.
                 self._acquire(gate, op, deadline, self.gate_path)
-                if not self.exclusive:
-                    os.close(gate)  # a reader only passes through the turnstile
-                    gate = None
             if self.fd is not None:
                 self._acquire(self.fd, op, deadline, self.lock_path)
             # The store file itself, for other names of it (hard links) with other sidecars.
@@ -147,7 +148,7 @@ class _FileLock:
             raise
         finally:
             if gate is not None:
-                os.close(gate)  # a writer holding the lock lets readers queue behind it again
+                os.close(gate)  # holding the lock, let the next ones queue at the turnstile
         return self
 
     def _close(self) -> None:
