@@ -121,6 +121,9 @@ def _run(tmp_path, kills, seed=0):
     return result
 
 
+# 4 SIGKILLs (~40 s): make test-all and make torture (20 kills) run it; the default run
+# keeps tests/test_engine.py's kill-and-resume test of the same property.
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_crash_resume_ci(tmp_path):
     result = _run(tmp_path, kills=4)
