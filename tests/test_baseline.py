@@ -278,6 +278,9 @@ def ft_board(tree):
                           finetune_params=TINY_FT, **SMALL)
 
 
+# Both fine-tuning-row tests train two CNNs (~35 s): make test-all runs them;
+# tests/test_finetune.py keeps FineTuneClassifier itself in the default run.
+@pytest.mark.slow
 def test_finetune_rows_are_held_out_fold_0_with_the_same_metrics(ft_board):
     board = ft_board
     by_head = {r["head"]: r for r in board.rows}
@@ -300,6 +303,7 @@ def test_finetune_rows_are_held_out_fold_0_with_the_same_metrics(ft_board):
     assert "protocol" in board.to_frame().columns
 
 
+@pytest.mark.slow
 def test_finetune_histories_and_models_are_kept_and_best_is_a_cv_row(ft_board, tree):
     board = ft_board
     key = ("mobilenet_v2", "fine-tuned")
