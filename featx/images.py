@@ -109,7 +109,6 @@ _KNOWN_UNSUPPORTED = (
     ("PostScript/EPS", lambda b: b.startswith(b"%!PS") or b.startswith(b"\xc5\xd0\xd3\xc6")),
     ("SVG", lambda b: b.lstrip().startswith((b"<svg", b"<?xml"))),
     ("ICO", lambda b: b.startswith(b"\x00\x00\x01\x00")),
-    ("DICOM", lambda b: False),  # magic at byte 128: see _known_format
 )
 
 

@@ -584,11 +584,9 @@ def save_bundle(path, pipeline, class_names, cache=None) -> str:
 
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    cache_rel = None
-    if cache is not None and not hasattr(cache, "readonly"):
-        cache_rel = os.path.relpath(os.path.abspath(os.fspath(cache)), folder)
-    elif cache is not None:
-        cache_rel = os.path.relpath(os.path.abspath(cache.path), folder)
+    cache_path = getattr(cache, "path", cache)  # a store object or a path
+    cache_rel = (None if cache_path is None
+                 else os.path.relpath(os.path.abspath(os.fspath(cache_path)), folder))
     bundle = {"featx_model_bundle": BUNDLE_FORMAT, "pipeline": pipeline,
               "class_names": [str(c) for c in class_names], "cache": cache_rel}
     tmp = f"{path}.tmp-{os.getpid()}"
