@@ -23,7 +23,8 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold, check_cv
 from sklearn.pipeline import Pipeline
 
 from .backbones.registry import get_spec
-from .errors import FeatxError, MissingDependencyError
+from .errors import (FeatxError, InvalidDataError, InvalidParameterError,
+                     MissingDependencyError)
 from .heads import GRIDS, make_head, resolve_kind
 from .images import as_sources
 from .sklearn import ImageEmbedder, RawPixels
@@ -252,9 +253,9 @@ def _sources_and_labels(sources, y):
     """Validated sources and a label array; ``y=None`` reads labels from a class-folder tree."""
     if y is None:
         if not isinstance(sources, (str, os.PathLike)) or not os.path.isdir(sources):
-            raise FeatxError("baseline needs labels: pass y, or a folder of class folders "
-                             f"(root/<class>/<image>) as sources; got y=None and "
-                             f"{type(sources).__name__} sources")
+            raise InvalidDataError("baseline needs labels: pass y, or a folder of class folders "
+                                   f"(root/<class>/<image>) as sources; got y=None and "
+                                   f"{type(sources).__name__} sources")
         from .datasets import load_image_folder
 
         paths, labels, names = load_image_folder(sources)
@@ -262,8 +263,8 @@ def _sources_and_labels(sources, y):
     items = as_sources(sources)
     y = np.asarray(y)
     if y.ndim != 1 or len(y) != len(items):
-        raise FeatxError(f"y must be 1-D with one label per image: {len(items)} images, "
-                         f"y of shape {y.shape}")
+        raise InvalidDataError(f"y must be 1-D with one label per image: {len(items)} images, "
+                               f"y of shape {y.shape}")
     return items, y
 
 
@@ -281,8 +282,9 @@ def _scoring(scoring, n_classes: int) -> Tuple[Dict[str, object], Dict[str, str]
     elif isinstance(scoring, dict):
         spec = dict(scoring)
     else:
-        raise FeatxError("scoring must be None, a scorer name, a list of names or a dict "
-                         f"name → scorer; got {type(scoring).__name__}")
+        raise InvalidParameterError(
+            "scoring must be None, a scorer name, a list of names or a dict "
+            f"name → scorer; got {type(scoring).__name__}")
     scorers, described, negated = {}, {}, set()
     for name, s in spec.items():
         try:
@@ -310,8 +312,8 @@ def _splits(cv, y: np.ndarray, random_state) -> Tuple[list, str]:
         counts = {c: int((y == c).sum()) for c in np.unique(y)}
         small = {c: n for c, n in counts.items() if n < cv}
         if small:
-            raise FeatxError(f"cv={cv} stratified folds need at least {cv} images per class; "
-                             f"too few for {small}. Lower cv or add images")
+            raise InvalidDataError(f"cv={cv} stratified folds need at least {cv} images per class; "
+                                   f"too few for {small}. Lower cv or add images")
         splitter = StratifiedKFold(cv, shuffle=True, random_state=random_state)
         text = f"{cv}-fold stratified CV (same folds for every row)"
     else:
@@ -388,8 +390,9 @@ def _finetune_configs(backbone: str, weights, input_size, batch_size, random_sta
     params = dict(finetune_params or {})
     scratch_extra = params.pop("scratch", None) or {}
     if not isinstance(scratch_extra, dict):
-        raise FeatxError(f"finetune_params['scratch'] must be a dict of FineTuneClassifier "
-                         f"parameters; got {type(scratch_extra).__name__}")
+        raise InvalidParameterError(
+            f"finetune_params['scratch'] must be a dict of FineTuneClassifier "
+            f"parameters; got {type(scratch_extra).__name__}")
     common = dict(backbone=backbone, input_size=input_size, batch_size=batch_size,
                   random_state=random_state, cache=cache)
     tuned = {**common, "weights": weights, **FINETUNE_DEFAULTS, **params}
@@ -564,10 +567,11 @@ def baseline(sources, y=None, backbones=("efficientnet_lite0",), heads=("logreg"
     backbone_names = list(dict.fromkeys(get_spec(b).name for b in backbones))
     kinds = list(dict.fromkeys(resolve_kind(h) for h in heads))
     if not kinds:
-        raise FeatxError("heads is empty; pass at least one of featx.heads.list_heads()")
+        raise InvalidParameterError("heads is empty; pass at least one of featx.heads.list_heads()")
     classes = np.unique(y)
     if len(classes) < 2:
-        raise FeatxError(f"baseline needs at least 2 classes; y holds only {classes.tolist()}")
+        raise InvalidDataError(
+            f"baseline needs at least 2 classes; y holds only {classes.tolist()}")
     scorers, described, negated = _scoring(scoring, len(classes))
     metrics = list(scorers)
     primary = "balanced_accuracy" if "balanced_accuracy" in scorers else metrics[0]
@@ -583,9 +587,10 @@ def baseline(sources, y=None, backbones=("efficientnet_lite0",), heads=("logreg"
         embedder = ImageEmbedder(backbone=name, weights=weights, input_size=input_size,
                                  cache=cache, batch_size=batch_size, on_error="skip",
                                  progress=progress)
-        X, mask, stats = embedder._embed(items)
-        features[name], makers[name], embed_stats[name] = X, embedder, dict(stats)
-        failed |= ~mask
+        X = embedder.transform(items)
+        stats = embedder.stats_
+        features[name], makers[name], embed_stats[name] = X, embedder, stats
+        failed |= ~embedder.mask_
         for failure in embedder.failures_:
             reasons.setdefault(failure.index, failure.reason)
         log.info("featx baseline: %s embedded %d images (%d forwarded, %d from cache) in %.1f s",
@@ -593,7 +598,7 @@ def baseline(sources, y=None, backbones=("efficientnet_lite0",), heads=("logreg"
                  stats.get("total_s", float("nan")))
     t = time.perf_counter()
     raw = RawPixels(size=_RAW_SIZE, on_error="skip")
-    features[RAW_PIXELS] = raw._decode(items)
+    features[RAW_PIXELS] = raw.transform(items)
     makers[RAW_PIXELS] = raw
     embed_stats[RAW_PIXELS] = {"total_s": time.perf_counter() - t}
     failed |= ~np.isfinite(features[RAW_PIXELS]).all(axis=1)
@@ -605,7 +610,7 @@ def baseline(sources, y=None, backbones=("efficientnet_lite0",), heads=("logreg"
                     "(first: %s)", len(dropped), len(items), dropped[0][1])
     y_kept = y[kept]
     if len(np.unique(y_kept)) < 2:
-        raise FeatxError("fewer than 2 classes left after dropping undecodable images")
+        raise InvalidDataError("fewer than 2 classes left after dropping undecodable images")
     splits, cv_text = _splits(cv, y_kept, random_state)
     protocol = f"{cv}-fold CV" if isinstance(cv, int) else cv_text.split(" (")[0]
     kept_items = [items[i] for i in kept]
@@ -618,18 +623,19 @@ def baseline(sources, y=None, backbones=("efficientnet_lite0",), heads=("logreg"
     test_dropped: List[Tuple[int, str, str]] = []
     if test is not None:
         if not isinstance(test, (tuple, list)) or len(test) != 2:
-            raise FeatxError(f"test must be a (sources, y) pair; got {type(test).__name__}")
+            raise InvalidParameterError(
+                f"test must be a (sources, y) pair; got {type(test).__name__}")
         t_items, t_y = _sources_and_labels(*test)
         t_fail = np.zeros(len(t_items), bool)
         t_X = {}
         t_reasons: Dict[int, str] = {}
         for name, maker in makers.items():
             if name == RAW_PIXELS:
-                Xt = maker._decode(t_items)
+                Xt = maker.transform(t_items)
                 t_fail |= ~np.isfinite(Xt).all(axis=1)
             else:
-                Xt, mask, _ = maker._embed(t_items)
-                t_fail |= ~mask
+                Xt = maker.transform(t_items)
+                t_fail |= ~maker.mask_
                 for failure in maker.failures_:
                     t_reasons.setdefault(failure.index, failure.reason)
             t_X[name] = Xt

@@ -59,8 +59,10 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import FeatxError, FingerprintMismatchError, MissingDependencyError, StoreError
-from .images import Source, as_sources, read_bytes, source_key
+from .errors import (FeatxError, FingerprintMismatchError, InvalidParameterError,
+                     MissingDependencyError, StoreError)
+from .engine import key_source, plan
+from .images import Source, as_sources
 from .store import EmbeddingStore
 
 try:  # a real WorkerPlugin when Dask is installed; the module still imports without it
@@ -178,8 +180,9 @@ def backbone_spec(backbone, *, weights="packaged", input_size=None, pooling="avg
         merged.update(backbone)
         return backbone_spec(merged.pop("name"), **merged)
     if not isinstance(backbone, str):
-        raise FeatxError(f"backbone must be a name, a spec dict or a featx Backbone; received "
-                         f"{type(backbone).__name__}")
+        raise InvalidParameterError(
+            f"backbone must be a name, a spec dict or a featx Backbone; received "
+            f"{type(backbone).__name__}")
     if isinstance(weights, os.PathLike):
         weights = os.fspath(weights)
     spec = dict(name=backbone, weights=weights,
@@ -188,7 +191,7 @@ def backbone_spec(backbone, *, weights="packaged", input_size=None, pooling="avg
     try:
         json.dumps(spec)
     except TypeError as exc:
-        raise FeatxError(f"backbone spec must be JSON-serializable: {exc}") from exc
+        raise InvalidParameterError(f"backbone spec must be JSON-serializable: {exc}") from exc
     return spec, None
 
 
@@ -321,9 +324,8 @@ def worker_env(threads: int = 1) -> Dict[str, str]:
 
 def _key_one(item: Union[str, np.ndarray]) -> Tuple[Optional[bytes], Optional[str]]:
     try:
-        if isinstance(item, np.ndarray):
-            return source_key(item), None
-        return source_key(Source(path=item), data=read_bytes(item)), None
+        source = Source(array=item) if isinstance(item, np.ndarray) else Source(path=item)
+        return key_source(source)[0], None
     except FeatxError as exc:
         return None, str(exc)
 
@@ -408,7 +410,7 @@ def source_keys(sources, client=None, *, hash_on: str = "driver", on_error: str 
     (2, 32, True)
     """
     if hash_on not in HASH_ON:
-        raise FeatxError(f"hash_on must be one of {HASH_ON}, got {hash_on!r}")
+        raise InvalidParameterError(f"hash_on must be one of {HASH_ON}, got {hash_on!r}")
     items = as_sources(sources)
     if hash_on == "workers":
         client = _client(client)
@@ -647,19 +649,19 @@ def embed_distributed(sources, backbone, store_path, client=None, *, shard_size:
     """
     t_start = time.perf_counter()
     if on_error not in ("raise", "skip"):
-        raise FeatxError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        raise InvalidParameterError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if merge == "virtual":
         raise FeatxError(
             "merge='virtual' is not a store layout featx writes: a virtual dataset cannot "
             "take the store's crash-safe appends. Its cost is measured in "
             "benchmarks/bench_distributed.py; see docs/scaling.md. Use merge='copy'")
     if merge not in MERGES:
-        raise FeatxError(f"merge must be one of {MERGES}, got {merge!r}")
+        raise InvalidParameterError(f"merge must be one of {MERGES}, got {merge!r}")
     if hash_on not in HASH_ON:
-        raise FeatxError(f"hash_on must be one of {HASH_ON}, got {hash_on!r}")
+        raise InvalidParameterError(f"hash_on must be one of {HASH_ON}, got {hash_on!r}")
     if int(shard_size) < 1 or int(batch_size) < 1:
-        raise FeatxError(f"shard_size and batch_size must be >= 1, got {shard_size}, "
-                         f"{batch_size}")
+        raise InvalidParameterError(f"shard_size and batch_size must be >= 1, got {shard_size}, "
+                                    f"{batch_size}")
     shard_size, batch_size = int(shard_size), int(batch_size)
     distributed = _distributed()
     client = _client(client)
@@ -713,35 +715,15 @@ def embed_distributed(sources, backbone, store_path, client=None, *, shard_size:
 
     for i in sorted(errors):
         fail([i], errors[i])
-    # numpy over (n, 32) digests instead of dicts of bytes: ~10x less memory at 10M images.
-    valid = np.array([k is not None for k in keys], bool)
-    vidx = np.flatnonzero(valid)  # input index of each valid row
-    karr = (np.frombuffer(b"".join(keys[i] for i in vidx), np.uint8).reshape(-1, 32)
-            if len(vidx) else np.empty((0, 32), np.uint8))
-    _, first_pos, inverse = np.unique(karr.view("V32").reshape(-1), return_index=True,
-                                      return_inverse=True)
-    order = np.argsort(first_pos, kind="stable")  # unique keys in order of first appearance
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    group = rank[inverse.reshape(-1)]  # each valid row -> its unique key's position
-    ukeys = karr[first_pos[order]]  # (u, 32), input order
-    ufirst = vidx[first_pos[order]]  # input index of each unique key's first appearance
-    stats["unique"] = len(ukeys)
     t = time.perf_counter()
-    present = store.lookup(fp, ukeys) >= 0 if len(ukeys) else np.zeros(0, bool)
+    todo = plan(keys, store, fp)
     stats["lookup_s"] = time.perf_counter() - t
-    missing = np.flatnonzero(~present)  # positions into ukeys
-    stats["cache_hits"] = int(present.sum())
+    ukeys, ufirst, vidx = todo.keys, todo.first, todo.rows
+    missing = todo.missing  # positions into ukeys
+    stats["unique"] = len(ukeys)
+    stats["cache_hits"] = int(todo.stored.sum())
     stats["missing"] = len(missing)
-    members: List[Optional[np.ndarray]] = [None]  # unique position -> input indices, lazily
-
-    def indices_of(u: int) -> List[int]:
-        if members[0] is None:
-            members[0] = np.argsort(group, kind="stable")
-        sorter = members[0]
-        lo, hi = np.searchsorted(group, u, sorter=sorter), np.searchsorted(group, u + 1,
-                                                                          sorter=sorter)
-        return vidx[sorter[lo:hi]].tolist()
+    indices_of = todo.members
 
     # 3. Shards of missing images to the workers; each result is merged as it lands.
     folder = os.path.abspath(shard_dir(store))
@@ -801,7 +783,7 @@ def embed_distributed(sources, backbone, store_path, client=None, *, shard_size:
     t = time.perf_counter()
     X = np.full((n, dim), np.nan, np.float32) if return_vectors else None
     ok = vidx[~np.isin(vidx, np.fromiter(failures, np.int64, len(failures)))]
-    okkeys = karr[np.searchsorted(vidx, ok)]
+    okkeys = ukeys[todo.group[np.searchsorted(vidx, ok)]]
     if len(ok):
         if return_vectors:
             vectors, found = store.get(fp, okkeys)
@@ -865,15 +847,15 @@ def embed_with_cluster(sources, backbone, store_path, *, workers: Optional[int] 
     ...                               weights=None, input_size=32)  # doctest: +SKIP
     """
     if (workers is None) == (scheduler is None):
-        raise FeatxError("give exactly one of workers=N (start a local cluster) and "
-                         f"scheduler=ADDRESS; received workers={workers!r}, "
-                         f"scheduler={scheduler!r}")
+        raise InvalidParameterError("give exactly one of workers=N (start a local cluster) and "
+                                    f"scheduler=ADDRESS; received workers={workers!r}, "
+                                    f"scheduler={scheduler!r}")
     distributed = _distributed()
     if scheduler is not None:
         with distributed.Client(scheduler) as client:
             return embed_distributed(sources, backbone, store_path, client, **kwargs)
     if int(workers) < 1:
-        raise FeatxError(f"workers must be >= 1, got {workers!r}")
+        raise InvalidParameterError(f"workers must be >= 1, got {workers!r}")
     options = dict(n_workers=int(workers), threads_per_worker=int(threads_per_worker),
                    processes=True, env=worker_env(threads_per_worker),
                    dashboard_address=":0")

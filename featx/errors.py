@@ -11,6 +11,30 @@ class FeatxError(Exception):
     """Base class of all errors featx raises deliberately."""
 
 
+class InvalidParameterError(FeatxError, ValueError):
+    """A parameter value featx cannot use (as scikit-learn's ``InvalidParameterError``).
+
+    Subclasses ``ValueError``, so code written for scikit-learn estimators
+    (``except ValueError``) catches featx's parameter errors too.
+
+    Examples
+    --------
+    >>> from featx.images import check_decode_options
+    >>> try:
+    ...     check_decode_options((224, 224), policy="stretch")
+    ... except ValueError as exc:
+    ...     print(type(exc).__name__)
+    InvalidParameterError
+    """
+
+
+class InvalidDataError(FeatxError, ValueError):
+    """Labels or inputs that cannot be used as given (too few classes, mismatched lengths).
+
+    Subclasses ``ValueError``, as scikit-learn raises for bad ``X`` or ``y``.
+    """
+
+
 class UnknownBackboneError(FeatxError, KeyError):
     """A backbone name that is not in the registry.
 
@@ -40,6 +64,10 @@ class UnsafePickleError(FeatxError):
 
 class ImageDecodeError(FeatxError, ValueError):
     """An image file or array could not be turned into pixels; the message names the source."""
+
+
+class HeadError(FeatxError, ValueError):
+    """A head cannot be built or fitted as asked (unknown kind, bad parameter, too few samples)."""
 
 
 class StoreError(FeatxError):

@@ -102,8 +102,8 @@ from sklearn.exceptions import NotFittedError
 from sklearn.preprocessing import LabelEncoder
 
 from ._env import import_keras
-from .errors import FeatxError
-from .images import RESIZE_POLICIES, Source, as_sources, decode_image
+from .errors import FeatxError, InvalidDataError, InvalidParameterError
+from .images import RESIZE_POLICIES, as_sources
 
 __all__ = ["FineTuneClassifier", "AUGMENTATIONS", "custom_objects", "load", "unfreeze_candidates"]
 
@@ -248,34 +248,28 @@ def _classes():
                 self._rng.shuffle(self.order)
             self.threads = max(1, int(threads))
             self.error: Optional[BaseException] = None
-            self._pool: Optional[ThreadPoolExecutor] = None
+            self._pool = None
             self._lock = threading.Lock()
 
         def __len__(self):
             return math.ceil(len(self.items) / self.batch_size)
 
-        def _decode(self, item: Source) -> np.ndarray:
-            return decode_image(item, (self.size, self.size), policy=self.policy)
-
         def pixels(self, index: int) -> np.ndarray:
             """Decoded pixels of batch ``index``, float32 ``(b, size, size, 3)``."""
+            from .engine import DecodePool
+
             idx = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-            batch = [self.items[i] for i in idx]
-            try:
-                if self.threads > 1 and len(batch) > 1:
-                    with self._lock:
-                        if self._pool is None:
-                            self._pool = ThreadPoolExecutor(self.threads,
-                                                            thread_name_prefix="featx-finetune")
-                    decoded = list(self._pool.map(self._decode, batch))
-                else:
-                    decoded = [self._decode(item) for item in batch]
-            except FeatxError as exc:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = DecodePool((self.size, self.size), self.policy, self.threads)
+            results = list(self._pool.map([self.items[i] for i in idx]))
+            error = next((r.error for r in results if r.error is not None), None)
+            if error is not None:
                 with self._lock:
                     if self.error is None:
-                        self.error = exc
-                raise
-            return np.stack(decoded).astype(np.float32)
+                        self.error = error
+                raise error
+            return np.stack([r.pixels for r in results]).astype(np.float32)
 
         def __getitem__(self, index):
             x = self.pixels(index)
@@ -290,7 +284,7 @@ def _classes():
 
         def close(self):
             if self._pool is not None:
-                self._pool.shutdown(wait=True)
+                self._pool.close()
                 self._pool = None
 
     class VectorBatches(keras.utils.PyDataset):
@@ -343,8 +337,8 @@ def _pair(value, name: str, kind):
     try:
         first, second = value
     except (TypeError, ValueError):
-        raise FeatxError(f"{name} must be a number or a pair (phase 1, phase 2); "
-                         f"got {value!r}") from None
+        raise InvalidParameterError(f"{name} must be a number or a pair (phase 1, phase 2); "
+                                    f"got {value!r}") from None
     return first, second
 
 
@@ -355,8 +349,8 @@ def _seed_from(random_state) -> Optional[int]:
         return int(random_state)
     if isinstance(random_state, np.random.RandomState):
         return int(random_state.randint(2**31 - 1))
-    raise FeatxError(f"random_state must be None, an int or a numpy RandomState; "
-                     f"got {random_state!r}")
+    raise InvalidParameterError(f"random_state must be None, an int or a numpy RandomState; "
+                                f"got {random_state!r}")
 
 
 def _sub_seed(seed: Optional[int], k: int) -> Optional[int]:
@@ -383,10 +377,11 @@ def _augmentation_layers(augment, seed):
     layers = []
     for k, name in enumerate(names):
         if name not in makers:
-            raise FeatxError(f"augment: unknown augmentation {name!r}; expected names from "
-                             f"{AUGMENTATIONS} or None")
+            raise InvalidParameterError(
+                f"augment: unknown augmentation {name!r}; expected names from "
+                f"{AUGMENTATIONS} or None")
         if name in names[:k]:
-            raise FeatxError(f"augment: {name!r} is listed twice")
+            raise InvalidParameterError(f"augment: {name!r} is listed twice")
         layers.append(makers[name](_sub_seed(seed, k + 1)))
     return layers
 
@@ -611,38 +606,42 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
     def _checked_params(self) -> dict:
         epochs = _pair(self.epochs, "epochs", numbers.Integral)
         if any(not isinstance(e, numbers.Integral) or e < 0 for e in epochs):
-            raise FeatxError(f"epochs must be non-negative ints; got {self.epochs!r}")
+            raise InvalidParameterError(f"epochs must be non-negative ints; got {self.epochs!r}")
         lr = _pair(self.lr, "lr", numbers.Real)
         if any(not isinstance(r, numbers.Real) or not r > 0 for r in lr):
-            raise FeatxError(f"lr must be positive numbers; got {self.lr!r}")
+            raise InvalidParameterError(f"lr must be positive numbers; got {self.lr!r}")
         unfreeze = self.unfreeze
         if not (unfreeze == "all" or (isinstance(unfreeze, numbers.Integral)
                                       and not isinstance(unfreeze, bool) and unfreeze >= 0)):
-            raise FeatxError(f"unfreeze must be 0, a positive int or 'all'; got {unfreeze!r}")
+            raise InvalidParameterError(
+                f"unfreeze must be 0, a positive int or 'all'; got {unfreeze!r}")
         head = (self.head,) if isinstance(self.head, numbers.Integral) else tuple(self.head or ())
         if any(not isinstance(h, numbers.Integral) or h < 1 for h in head):
-            raise FeatxError(f"head must be a tuple of positive ints; got {self.head!r}")
+            raise InvalidParameterError(f"head must be a tuple of positive ints; got {self.head!r}")
         if not 0 <= float(self.dropout) < 1:
-            raise FeatxError(f"dropout must be in [0, 1); got {self.dropout!r}")
+            raise InvalidParameterError(f"dropout must be in [0, 1); got {self.dropout!r}")
         if not 0 <= float(self.validation_fraction) < 1:
-            raise FeatxError(f"validation_fraction must be in [0, 1); got "
-                             f"{self.validation_fraction!r}")
+            raise InvalidParameterError(f"validation_fraction must be in [0, 1); got "
+                                        f"{self.validation_fraction!r}")
         if int(self.batch_size) < 1:
-            raise FeatxError(f"batch_size must be >= 1; got {self.batch_size!r}")
+            raise InvalidParameterError(f"batch_size must be >= 1; got {self.batch_size!r}")
         if self.policy not in RESIZE_POLICIES:
-            raise FeatxError(f"policy must be one of {RESIZE_POLICIES}; got {self.policy!r}")
+            raise InvalidParameterError(
+                f"policy must be one of {RESIZE_POLICIES}; got {self.policy!r}")
         if self.phase1 not in PHASE1_INPUTS:
-            raise FeatxError(f"phase1 must be one of {PHASE1_INPUTS}; got {self.phase1!r}")
+            raise InvalidParameterError(
+                f"phase1 must be one of {PHASE1_INPUTS}; got {self.phase1!r}")
         if not (self.class_weight is None or self.class_weight == "balanced"
                 or isinstance(self.class_weight, dict)):
-            raise FeatxError(f"class_weight must be None, 'balanced' or a dict; got "
-                             f"{self.class_weight!r}")
+            raise InvalidParameterError(f"class_weight must be None, 'balanced' or a dict; got "
+                                        f"{self.class_weight!r}")
         patience = self.early_stopping
         if isinstance(patience, bool):
             patience = DEFAULT_PATIENCE if patience else 0
         elif not isinstance(patience, numbers.Integral) or patience < 1:
-            raise FeatxError(f"early_stopping must be a bool or a positive int (patience); "
-                             f"got {self.early_stopping!r}")
+            raise InvalidParameterError(
+                f"early_stopping must be a bool or a positive int (patience); "
+                f"got {self.early_stopping!r}")
         return dict(epochs=tuple(int(e) for e in epochs), lr=tuple(float(r) for r in lr),
                     unfreeze=unfreeze if unfreeze == "all" else int(unfreeze), head=head,
                     patience=int(patience), seed=_seed_from(self.random_state))
@@ -716,12 +715,13 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         items = as_sources(sources)
         y = np.asarray(y)
         if y.ndim != 1 or len(y) != len(items):
-            raise FeatxError(f"y must be 1-D with one label per image; got shape {y.shape} "
-                             f"for {len(items)} images")
+            raise InvalidDataError(f"y must be 1-D with one label per image; got shape {y.shape} "
+                                   f"for {len(items)} images")
         encoder = LabelEncoder().fit(y)
         classes = encoder.classes_
         if len(classes) < 2:
-            raise FeatxError(f"need at least 2 classes to train a classifier; got {list(classes)}")
+            raise InvalidDataError(
+                f"need at least 2 classes to train a classifier; got {list(classes)}")
         y_enc = encoder.transform(y).astype(np.int32)
 
         if validation_data is not None:
@@ -731,9 +731,10 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             v_y = np.asarray(v_y)
             unknown = set(np.unique(v_y)) - set(classes)
             if len(v_y) != len(val_items) or unknown:
-                raise FeatxError("validation_data: expected one label per image, all of them "
-                                 f"seen in y; got {len(v_y)} labels for {len(val_items)} images"
-                                 + (f", unknown labels {sorted(unknown)[:5]}" if unknown else ""))
+                raise InvalidDataError(
+                    "validation_data: expected one label per image, all of them "
+                    f"seen in y; got {len(v_y)} labels for {len(val_items)} images"
+                    + (f", unknown labels {sorted(unknown)[:5]}" if unknown else ""))
             val_y = encoder.transform(v_y).astype(np.int32)
         elif self.validation_fraction:
             try:
@@ -741,7 +742,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
                     np.arange(len(items)), test_size=float(self.validation_fraction),
                     stratify=y_enc, random_state=p["seed"])
             except ValueError as exc:
-                raise FeatxError(
+                raise InvalidDataError(
                     f"cannot hold out a stratified validation_fraction="
                     f"{self.validation_fraction} of {len(items)} images in {len(classes)} "
                     f"classes ({exc}); pass validation_fraction=0 or more images") from exc
@@ -759,8 +760,9 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         elif isinstance(self.class_weight, dict):
             unknown = [label for label in self.class_weight if label not in set(classes)]
             if unknown:
-                raise FeatxError(f"class_weight names labels that are not in y: {unknown[:5]}; "
-                                 f"expected some of {list(classes)[:10]}")
+                raise InvalidDataError(
+                    f"class_weight names labels that are not in y: {unknown[:5]}; "
+                    f"expected some of {list(classes)[:10]}")
             cw = {int(encoder.transform([label])[0]): float(w)
                   for label, w in self.class_weight.items()}
 
@@ -911,7 +913,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         Images stream through the same decoder and batches as training, and
         the model runs with ``training=False`` (no augmentation, no dropout).
         """
-        from .engine import compiled_forward
+        from .engine import PaddedForward
 
         self._check_fitted()
         items = as_sources(sources)
@@ -919,8 +921,8 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         ds = _classes()["ImageBatches"](items, None, size=self.input_size_, batch_size=bs,
                                         policy=self.policy,
                                         threads=max(2, min(8, os.cpu_count() or 2)))
-        # One compiled forward at one batch shape (last batch padded), as the engine does.
-        forward = compiled_forward(self.model_, (bs, self.input_size_, self.input_size_, 3))
+        # The engine's compiled forward at one batch shape (the last batch padded).
+        forward = PaddedForward(self.model_, bs, (self.input_size_, self.input_size_, 3))
         out = np.empty((len(items), len(self.classes_)), dtype=np.float32)
         # Decode batch i + 1 while batch i runs through the model.
         with ThreadPoolExecutor(1, thread_name_prefix="featx-finetune-prefetch") as prefetch:
@@ -930,10 +932,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
                     x = pending.result()
                     if i + 1 < len(ds):
                         pending = prefetch.submit(ds.pixels, i + 1)
-                    n = len(x)
-                    if n < bs:
-                        x = np.concatenate([x, np.zeros((bs - n, *x.shape[1:]), np.float32)])
-                    out[i * bs:i * bs + n] = np.asarray(forward(x), dtype=np.float32)[:n]
+                    out[i * bs:i * bs + len(x)] = forward(x)
             finally:
                 ds.close()
         return out

@@ -63,7 +63,7 @@ from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
-from .errors import FeatxError, MissingDependencyError
+from .errors import HeadError, MissingDependencyError
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _validate_data
@@ -73,10 +73,6 @@ except ImportError:  # pragma: no cover - older scikit-learn
 
 __all__ = ["HEADS", "GRIDS", "ALIASES", "HeadError", "CalibratedSVC", "XGBoostHead",
            "make_head", "list_heads"]
-
-
-class HeadError(FeatxError, ValueError):
-    """A head cannot be built or fitted as asked (unknown kind, bad parameter, too few samples)."""
 
 
 # ----------------------------------------------------------------- wrappers

@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageDecodeError
+from .errors import ImageDecodeError, InvalidParameterError
 
 __all__ = [
     "DECODE_FORMATS",
@@ -656,14 +656,14 @@ def _check_size(size: Any) -> tuple[int, int]:
     except (TypeError, ValueError):
         valid = False
     if not valid:
-        raise ImageDecodeError(
+        raise InvalidParameterError(
             f"size must be (height, width), two positive integers; received {size!r}")
     return int(h), int(w)
 
 
 def _check_policy(policy: Any) -> None:
     if policy not in RESIZE_POLICIES:
-        raise ImageDecodeError(
+        raise InvalidParameterError(
             f"policy must be one of {', '.join(map(repr, RESIZE_POLICIES))}; received {policy!r}")
 
 
@@ -681,7 +681,7 @@ def check_decode_options(size: Any, policy: Any = "squash") -> tuple[int, int]:
 
     Raises
     ------
-    ImageDecodeError
+    InvalidParameterError
         ``size`` is not two positive integers, or ``policy`` is unknown.
 
     Examples

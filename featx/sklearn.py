@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -29,8 +28,9 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from .backbones import Backbone, get_backbone
 from .backbones.registry import get_spec
-from .errors import FeatxError, ImageDecodeError
-from .images import as_sources, check_decode_options, decode_image
+from .errors import FeatxError, ImageDecodeError, InvalidParameterError
+from .engine import DecodePool, default_workers
+from .images import as_sources, check_decode_options
 
 __all__ = ["ImageEmbedder", "RawPixels", "clear_backbone_cache", "load_bundle", "save_bundle",
            "NOT_APPLICABLE_CHECKS"]
@@ -70,8 +70,9 @@ def _weights_key(weights) -> Any:
             return (path, st.st_size, st.st_mtime_ns)
         except OSError:
             return (path, None, None)  # get_backbone raises the useful message
-    raise FeatxError(f"weights must be 'packaged', 'imagenet', a file path or None; "
-                     f"got {type(weights).__name__}: {weights!r}")
+    raise InvalidParameterError(
+        f"weights must be 'packaged', 'imagenet', a file path or None; "
+        f"got {type(weights).__name__}: {weights!r}")
 
 
 def _cached_backbone(backbone: str, weights, input_size: Optional[int], pooling: str,
@@ -249,6 +250,13 @@ class ImageEmbedder(_ImageInputMixin, TransformerMixin, BaseEstimator):
         Only when fitted on a one-column DataFrame (e.g. inside a ColumnTransformer).
     n_features_in_ : int
         1, only when fitted on a one-column DataFrame or ``(n, 1)`` array of paths.
+    mask_ : ndarray of bool
+        Of the last ``transform``: True for rows that hold a vector.
+    failures_ : list of featx.engine.EmbedFailure
+        Of the last ``transform``: inputs skipped with ``on_error="skip"``.
+    stats_ : dict
+        Of the last ``transform``: the engine's counters and timings
+        (:attr:`featx.Embedder.stats`).
 
     Notes
     -----
@@ -337,8 +345,9 @@ class ImageEmbedder(_ImageInputMixin, TransformerMixin, BaseEstimator):
         ('mobilenet_v2', 1280)
         """
         if not isinstance(self.backbone, str):
-            raise FeatxError(f"backbone must be a name from featx.list_backbones(); got "
-                             f"{type(self.backbone).__name__}: {self.backbone!r}")
+            raise InvalidParameterError(
+                f"backbone must be a name from featx.list_backbones(); got "
+                f"{type(self.backbone).__name__}: {self.backbone!r}")
         return _cached_backbone(self.backbone, self.weights, self.input_size, self.pooling,
                                 self.dtype)
 
@@ -363,7 +372,7 @@ class ImageEmbedder(_ImageInputMixin, TransformerMixin, BaseEstimator):
         emb = self._embedder(bb)
         X, mask = emb.embed(sources, return_mask=True)
         # Which inputs were skipped and why (on_error="skip"), for reports.
-        self.failures_ = emb.failures_
+        self.failures_, self.mask_, self.stats_ = emb.failures_, mask, dict(emb.stats)
         log.debug("featx ImageEmbedder(%s): %s", bb.name, emb.stats)
         return X, mask, emb.stats
 
@@ -495,29 +504,21 @@ class RawPixels(_ImageInputMixin, TransformerMixin, BaseEstimator):
     def _decode(self, sources: list) -> np.ndarray:
         size = check_decode_options((int(self.size), int(self.size)), self.policy)
         if self.on_error not in ("raise", "skip"):
-            raise FeatxError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
+            raise InvalidParameterError(
+                f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
         out = np.full((len(sources), self._n_features()), np.nan, np.float32)
-
-        def one(i_src):
-            i, src = i_src
-            try:
-                px = decode_image(src, size, policy=self.policy, name=src.describe())
-            except FeatxError as exc:
-                if self.on_error == "raise":
-                    raise
-                return i, None, exc
-            if self.gray:  # Pillow's "L" weights, on the decoded RGB
-                px = px.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-            return i, px, None
-
         failed = []
-        workers = min(8, max(1, os.cpu_count() or 1), len(sources))
-        with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow releases the GIL
-            for i, px, exc in pool.map(one, enumerate(sources)):
-                if px is None:
+        workers = min(8, default_workers(), max(1, len(sources)))
+        with DecodePool(size, self.policy, workers) as pool:
+            for i, (px, exc, _) in enumerate(pool.map(sources)):
+                if exc is not None:
+                    if self.on_error == "raise":
+                        raise exc
                     failed.append((i, exc))
-                else:
-                    out[i] = np.asarray(px, np.float32).reshape(-1) / 255.0
+                    continue
+                if self.gray:  # Pillow's "L" weights, on the decoded RGB
+                    px = px.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+                out[i] = np.asarray(px, np.float32).reshape(-1) / 255.0
         if failed:
             log.warning("featx RawPixels: skipped %d of %d images; first: %s", len(failed),
                         len(sources), failed[0][1])

@@ -207,12 +207,12 @@ CHILD = textwrap.dedent("""
     bb = featx.get_backbone("mobilenet_v2", weights=None, input_size=%d)
     emb = Embedder(bb, store=store_path, batch_size=batch_size, progress=False)
     if slow:  # slow decoding (outside the store's lock) so the parent sees the count grow
-        import featx.engine as engine
-        original = engine.decode_image
+        import featx._decode_worker as decoder  # the decode pool's threads call it
+        original = decoder.decode_image
         def slowed(*args, **kwargs):
             time.sleep(slow)  # a slower decoder, so the parent sees the count grow
             return original(*args, **kwargs)
-        engine.decode_image = slowed
+        decoder.decode_image = slowed
     original_put = EmbeddingStore.put
     def reporting_put(self, *args, **kwargs):  # tells the parent each time a batch commits
         appended = original_put(self, *args, **kwargs)

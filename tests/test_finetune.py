@@ -491,7 +491,8 @@ def test_decode_error_inside_keras_training_loop_comes_back_as_featx_error(monke
     x, y = _two_classes(6, seed=9)
     paths = _write_pngs(str(tmp_path / "imgs"), x)
     target, calls = paths[0], []
-    real = finetune.decode_image
+    import featx._decode_worker as decoder  # what the decode pool's threads call
+    real = decoder.decode_image
 
     def flaky(source, size, **kwargs):
         if getattr(source, "path", None) == target:
@@ -500,7 +501,7 @@ def test_decode_error_inside_keras_training_loop_comes_back_as_featx_error(monke
                 raise ImageDecodeError(f"{target}: truncated (simulated)")
         return real(source, size, **kwargs)
 
-    monkeypatch.setattr(finetune, "decode_image", flaky)
+    monkeypatch.setattr(decoder, "decode_image", flaky)
     clf = FineTuneClassifier(**{**TINY, "weights": None, "epochs": (1, 0), "batch_size": 12})
     with pytest.raises(ImageDecodeError, match="simulated"):
         clf.fit(paths, y)

@@ -18,7 +18,7 @@ from typing import List, Optional, Tuple, Union
 import numpy as np
 
 from .._env import import_keras, sha256_file
-from ..errors import FeatxError, WeightsUnavailableError
+from ..errors import FeatxError, InvalidParameterError, WeightsUnavailableError
 from . import packaged
 from ._assign import assign_weights_by_name
 from .preprocessing import Preprocessing, get_preprocessing
@@ -199,8 +199,8 @@ def _construct(spec: BackboneSpec, input_size: int, include_top: bool, keras_wei
     except WeightsUnavailableError:
         raise
     except ValueError as exc:
-        raise FeatxError(f"cannot build {spec.name} with input_size={input_size}, "
-                         f"include_top={include_top}: {exc}") from exc
+        raise InvalidParameterError(f"cannot build {spec.name} with input_size={input_size}, "
+                                    f"include_top={include_top}: {exc}") from exc
 
 
 @contextlib.contextmanager
@@ -264,12 +264,12 @@ def get_backbone(name: str, weights: Union[str, Path, None] = "packaged", input_
     spec = get_spec(name)
     choice = describe_weights_choice(weights)
     if pooling not in POOLINGS:
-        raise FeatxError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        raise InvalidParameterError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if dtype not in DTYPES:
-        raise FeatxError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        raise InvalidParameterError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     size = int(input_size or spec.input_size)
     if size < spec.min_size:
-        raise FeatxError(f"{spec.name} needs input_size >= {spec.min_size}, got {size}")
+        raise InvalidParameterError(f"{spec.name} needs input_size >= {spec.min_size}, got {size}")
     if choice == "packaged" and not packaged.is_available(spec.packaged):
         # Raise before building anything: the message says which pip install helps.
         packaged.load_packaged(spec.packaged, spec.name)

@@ -25,7 +25,7 @@ from typing import Mapping
 
 import numpy as np
 
-from featx.errors import FeatxError, UnknownBackboneError, WeightsMismatchError
+from featx.errors import InvalidParameterError, UnknownBackboneError, WeightsMismatchError
 
 __all__ = [
     "LITE_VARIANTS",
@@ -174,7 +174,8 @@ def build_efficientnet_lite(variant: str, input_shape=None, include_top: bool = 
         input_shape = (cfg["size"], cfg["size"], 3)
     input_shape = tuple(input_shape)
     if len(input_shape) != 3:
-        raise FeatxError(f"input_shape must be (height, width, channels), got {input_shape}")
+        raise InvalidParameterError(
+            f"input_shape must be (height, width, channels), got {input_shape}")
 
     def conv_bn_act(x, filters, kernel, stride, prefix, conv_name, bn_name, activation=True,
                     depthwise=False):

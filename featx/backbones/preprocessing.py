@@ -15,7 +15,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from ..errors import FeatxError
+from ..errors import InvalidParameterError
 
 __all__ = ["Preprocessing", "MODES", "get_preprocessing"]
 
@@ -93,5 +93,5 @@ def get_preprocessing(mode: str) -> Preprocessing:
     try:
         return MODES[mode]
     except KeyError:
-        raise FeatxError(
+        raise InvalidParameterError(
             f"unknown preprocessing mode {mode!r}; expected one of {sorted(MODES)}") from None

@@ -38,7 +38,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .._env import import_keras, sha256_file
-from ..errors import FeatxError, WeightsMismatchError, WeightsUnavailableError
+from ..errors import InvalidParameterError, WeightsMismatchError, WeightsUnavailableError
 from ._assign import assign_weights_by_name
 
 __all__ = [
@@ -87,7 +87,7 @@ def describe_weights_choice(weights) -> str:
         if weights in ("imagenet", "packaged"):
             return weights
         return "file"
-    raise FeatxError(
+    raise InvalidParameterError(
         "weights must be 'imagenet', 'packaged', None (random init) or a path to a "
         f".weights.h5 / .h5 / .keras file; got {type(weights).__name__}: {weights!r}")
 

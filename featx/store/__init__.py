@@ -40,7 +40,7 @@ from __future__ import annotations
 import os
 import threading
 
-from featx.errors import FeatxError
+from featx.errors import InvalidParameterError
 
 from ._format import KEY_BYTES, SPEC_FREE_FIELDS, STORE_VERSION, SUPPORTED_DTYPES
 from ._store import EmbeddingStore
@@ -67,8 +67,9 @@ def shared_store(cache):
     if cache is None or isinstance(cache, EmbeddingStore):
         return cache
     if not isinstance(cache, (str, os.PathLike)):
-        raise FeatxError(f"cache must be a path to an HDF5 store (or None); "
-                         f"got {type(cache).__name__}: {cache!r}")
+        raise InvalidParameterError(
+            f"cache must be a path to an HDF5 store (or None); "
+            f"got {type(cache).__name__}: {cache!r}")
     path = os.path.abspath(os.fspath(cache))
     with _SHARED_LOCK:
         store = _SHARED.get(path)

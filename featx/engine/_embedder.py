@@ -1,27 +1,7 @@
-"""The extraction engine: the one place where pixels meet a frozen model.
-
-``Embedder.embed(sources)`` runs a reader → mapper → writer pipeline (the
-shape of clip-retrieval's runner):
-
-1. **read + key** (thread pool): each file is read once and keyed by the
-   sha256 of its bytes (arrays: bytes + shape + dtype);
-2. **dedup + lookup**: a key already seen in this call, in the process memo or
-   in the store is never decoded nor forwarded again;
-3. **decode** (thread pool, Pillow releases the GIL): the misses only, from
-   the bytes already read, into fixed-shape uint8 batches, preprocessed;
-4. **forward** (main thread): ``model(x, training=False)`` inside a compiled
-   function at one fixed batch shape (the last batch is padded), so nothing
-   retraces;
-5. **write**: each batch is appended to the store and committed before the
-   next one, so a crash loses at most the batch in flight.
-
-Steps 1–3 run in a producer thread, a bounded queue ahead of step 4, so
-decoding overlaps the forward pass.  Vectors always come back in input order.
-"""
+"""``Embedder``: the engine's pipeline (see :mod:`featx.engine`)."""
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import os
@@ -29,24 +9,26 @@ import queue
 import sys
 import threading
 import time
-import weakref
-from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ._env import import_keras
-from .backbones import Backbone, get_backbone
-from .errors import EmbedInterrupted, FeatxError
-from .images import Source, as_sources, decode_image, read_bytes, source_key
-from .store import EmbeddingStore
+from ..backbones import Backbone, get_backbone
+from ..errors import EmbedInterrupted, FeatxError, InvalidParameterError
+from ..images import RESIZE_POLICIES, Source, as_sources
+from ..store import EmbeddingStore
+from ._decode import KINDS as DECODE_KINDS, DecodePool, default_workers
+from ._forward import PaddedForward
+from ._keys import key_source
+from ._memo import MEMO
+from ._plan import plan
 
-__all__ = ["Embedder", "EmbedFailure", "clear_memo", "compiled_forward"]
+__all__ = ["Embedder", "EmbedFailure", "ON_ERROR"]
 
 log = logging.getLogger("featx")
 
+#: What to do with an image that cannot be read or decoded.
 ON_ERROR = ("raise", "skip")
-POLICIES = ("squash", "crop", "pad")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,161 +38,6 @@ class EmbedFailure:
     index: int
     source: str
     reason: str
-
-
-# ----------------------------------------------------------------- process memo
-
-class _Memo:
-    """Vectors computed in this process, by (fingerprint, key), with a byte budget.
-
-    With ``store=None`` this is what keeps a GridSearchCV in one process from
-    re-embedding the same images for every candidate and fold.
-    """
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self._data: "collections.OrderedDict[Tuple[str, bytes], np.ndarray]" = collections.OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def get(self, fingerprint: str, key: bytes) -> Optional[np.ndarray]:
-        with self._lock:
-            vec = self._data.get((fingerprint, key))
-            if vec is not None:
-                self._data.move_to_end((fingerprint, key))
-            return vec
-
-    def put(self, fingerprint: str, key: bytes, vector: np.ndarray) -> None:
-        if self.max_bytes <= 0:
-            return
-        with self._lock:
-            item = (fingerprint, key)
-            if item in self._data:
-                return
-            self._data[item] = vector
-            self._bytes += vector.nbytes
-            while self._bytes > self.max_bytes and self._data:
-                _, old = self._data.popitem(last=False)
-                self._bytes -= old.nbytes
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-            self._bytes = 0
-
-
-_MEMO = _Memo(int(float(os.environ.get("FEATX_MEMO_MB", "1024")) * 2**20))
-
-
-def clear_memo() -> None:
-    """Forget every vector the process memo holds (used when ``store=None``)."""
-    _MEMO.clear()
-
-
-# ----------------------------------------------------------------- content keys
-
-
-class _KeyCache:
-    """Content keys of files already hashed in this process, by (path, size, mtime, inode).
-
-    A grid search calls the engine once per fold and candidate on the same
-    files; re-reading and re-hashing them each time dominated an all-cached
-    call.  A file rewritten in place changes its mtime (nanoseconds) or size,
-    so it is read and hashed again.
-    """
-
-    def __init__(self, max_entries: int = 500_000):
-        self.max_entries = max_entries
-        self._keys: Dict[tuple, bytes] = {}
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def signature(path: str) -> Optional[tuple]:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None  # read_bytes gives the proper error
-        return (path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
-
-    def get(self, signature: Optional[tuple]) -> Optional[bytes]:
-        return None if signature is None else self._keys.get(signature)
-
-    def put(self, signature: Optional[tuple], key: bytes) -> None:
-        if signature is None:
-            return
-        with self._lock:
-            if len(self._keys) >= self.max_entries:
-                self._keys.clear()  # crude but bounded; refilled by the next pass
-            self._keys[signature] = key
-
-
-_KEYS = _KeyCache()
-
-
-# ----------------------------------------------------------------- forward pass
-
-
-_FORWARD_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def compiled_forward(model, batch_shape: Tuple[int, ...], jit_compile: bool = False):
-    """The compiled forward of ``model`` at ``batch_shape``, built once per model and shape.
-
-    Many Embedders share one backbone in a grid search; compiling per Embedder
-    would retrace the same graph for each.  The fine-tuner predicts through it
-    too.  Inputs must have exactly ``batch_shape`` (pad the last batch).
-
-    Examples
-    --------
-    >>> import numpy as np, featx
-    >>> from featx.engine import compiled_forward
-    >>> bb = featx.get_backbone("mobilenet_v2", weights=None, input_size=32)
-    >>> forward = compiled_forward(bb.model, (2, 32, 32, 3))
-    >>> forward(np.zeros((2, 32, 32, 3), np.float32)).shape
-    (2, 1280)
-    """
-    per_model = _FORWARD_CACHE.setdefault(model, {})
-    if (batch_shape, jit_compile) not in per_model:
-        per_model[batch_shape, jit_compile] = _build_forward(model, batch_shape, jit_compile)
-    return per_model[batch_shape, jit_compile]
-
-
-def _build_forward(model, batch_shape: Tuple[int, ...], jit_compile: bool = False):
-    """``x -> model(x, training=False)`` compiled once for one fixed input shape.
-
-    ``jit_compile`` asks TensorFlow for XLA (JAX always compiles with XLA; the
-    torch backend runs eagerly under ``no_grad``). Outputs are float32 whatever
-    the compute dtype.
-    """
-    keras = import_keras()
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        fn = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32),
-                         reduce_retracing=True, jit_compile=bool(jit_compile),
-                         input_signature=[tf.TensorSpec(batch_shape, tf.float32)])
-        return lambda x: fn(x).numpy()
-    if backend == "jax":
-        import jax
-
-        fn = jax.jit(lambda tv, ntv, x: model.stateless_call(tv, ntv, x, training=False)[0])
-        # Variable values are read at each call, so a model trained after its first
-        # forward (the fine-tuner) is never run with stale weights.
-        return lambda x: np.asarray(fn([v.value for v in model.trainable_variables],
-                                       [v.value for v in model.non_trainable_variables], x),
-                                    dtype=np.float32)
-    if backend == "torch":
-        import torch
-
-        def run(x):
-            with torch.no_grad():
-                out = model(x, training=False)
-                return keras.ops.convert_to_numpy(keras.ops.cast(out, "float32"))
-
-        return run
-    return lambda x: keras.ops.convert_to_numpy(
-        keras.ops.cast(model(x, training=False), "float32"))
 
 
 # ----------------------------------------------------------------- the engine
@@ -250,7 +77,12 @@ class Embedder:
     policy : {"squash", "crop", "pad"}
         How images are fitted to the input size (see :func:`featx.images.decode_image`).
     workers : int, optional
-        Threads that read, hash and decode (default: CPU count, at least 2).
+        Decoders running at once, and threads that read and hash (default: CPU
+        count, at least 2).
+    decode : {"threads", "processes"}, default "threads"
+        Where images are decoded (see :class:`~featx.engine.DecodePool`):
+        threads suit a few cores; worker processes keep scaling where threads
+        stop (many cores feeding an accelerator).
     exclusive_forward : bool, default True
         With a store: hold its writer lock from the re-check of a batch's keys to
         their ``put``, so processes sharing one store never forward the same image
@@ -288,25 +120,29 @@ class Embedder:
     def __init__(self, backbone: Union[Backbone, str], store=None, batch_size: int = 32,
                  on_error: str = "raise", progress: Optional[bool] = None,
                  policy: str = "squash", workers: Optional[int] = None,
-                 exclusive_forward: bool = True, jit_compile: bool = False):
-        if isinstance(backbone, str):
+                 exclusive_forward: bool = True, jit_compile: bool = False,
+                 decode: str = "threads"):
+        if on_error not in ON_ERROR:
+            raise InvalidParameterError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        if policy not in RESIZE_POLICIES:
+            raise InvalidParameterError(f"policy must be one of {RESIZE_POLICIES}, got {policy!r}")
+        if decode not in DECODE_KINDS:
+            raise InvalidParameterError(f"decode must be one of {DECODE_KINDS}, got {decode!r}")
+        if int(batch_size) < 1:
+            raise InvalidParameterError(f"batch_size must be >= 1, got {batch_size!r}")
+        if isinstance(backbone, str):  # after the cheap checks: building costs seconds
             backbone = get_backbone(backbone)
         if not isinstance(backbone, Backbone):
-            raise FeatxError(f"backbone must be a featx Backbone or a name, got "
-                             f"{type(backbone).__name__}")
-        if on_error not in ON_ERROR:
-            raise FeatxError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-        if policy not in POLICIES:
-            raise FeatxError(f"policy must be one of {POLICIES}, got {policy!r}")
-        if int(batch_size) < 1:
-            raise FeatxError(f"batch_size must be >= 1, got {batch_size!r}")
+            raise InvalidParameterError(f"backbone must be a featx Backbone or a name, got "
+                                        f"{type(backbone).__name__}")
         self.backbone = backbone
         self.store = EmbeddingStore(store) if isinstance(store, (str, os.PathLike)) else store
         self.batch_size = int(batch_size)
         self.on_error = on_error
         self.progress = progress
         self.policy = policy
-        self.workers = int(workers or max(2, os.cpu_count() or 2))
+        self.workers = int(workers or default_workers())
+        self.decode = decode
         self.stats: Dict[str, float] = {}
         self.failures_: List[EmbedFailure] = []
         self.mask_ = np.zeros(0, dtype=bool)
@@ -358,13 +194,9 @@ class Embedder:
 
     def _forward_batch(self, pixels: np.ndarray) -> np.ndarray:
         if self._forward is None:
-            shape = (self.batch_size, *self.backbone.input_shape)
-            self._forward = compiled_forward(self.backbone.model, shape, self.jit_compile)
-        n = len(pixels)
-        if n < self.batch_size:  # pad to the one compiled shape
-            pad = np.zeros((self.batch_size - n, *pixels.shape[1:]), dtype=np.float32)
-            pixels = np.concatenate([pixels, pad])
-        return np.asarray(self._forward(pixels), dtype=np.float32)[:n]
+            self._forward = PaddedForward(self.backbone.model, self.batch_size,
+                                          self.backbone.input_shape, self.jit_compile)
+        return self._forward(pixels)
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -399,11 +231,10 @@ class _Run:
         self.finished = False  # the forward loop consumed every batch
         self.rows_at_start: Optional[int] = None
         self.error: Optional[BaseException] = None
-        self.pool = ThreadPoolExecutor(max_workers=embedder.workers,
-                                       thread_name_prefix="featx-decode")
+        self.size = (self.bb.input_size, self.bb.input_size)
+        self.pool = DecodePool(self.size, embedder.policy, embedder.workers, embedder.decode)
         self.bar = self._make_bar(n)
         self.spec = self.bb.describe()
-        self.size = (self.bb.input_size, self.bb.input_size)
         self.lock = threading.Lock()
 
     def _make_bar(self, n):
@@ -420,7 +251,7 @@ class _Run:
         self.stop.set()
         # After a failure or an interrupt, do not wait for reads still in flight: each
         # is bounded (regular files only, a byte cap), and the result is thrown away.
-        self.pool.shutdown(wait=self.finished, cancel_futures=True)
+        self.pool.close(wait=self.finished)
         if self.bar is not None:
             self.bar.close()
 
@@ -438,7 +269,8 @@ class _Run:
         if self.bar is not None and indices:
             self.bar.update(len(indices))
 
-    def _fail(self, indices: Sequence[int], error: BaseException, key: Optional[bytes] = None) -> None:
+    def _fail(self, indices: Sequence[int], error: BaseException,
+              key: Optional[bytes] = None) -> None:
         if self.e.on_error == "raise":
             raise error
         with self.lock:
@@ -471,30 +303,21 @@ class _Run:
 
     # -- producer: read + key → dedup → lookup → decode ---------------------
 
-    def _read_and_key(self, item: Source):
+    @staticmethod
+    def _read_and_key(item: Source):
         t = time.perf_counter()
         try:
-            if item.array is not None:
-                return source_key(item), None, None, time.perf_counter() - t
-            signature = _KEYS.signature(item.path)
-            key = _KEYS.get(signature)
-            if key is not None:  # decode reads the file again only if it is a miss
-                return key, None, None, time.perf_counter() - t
-            data = read_bytes(item.path)
-            key = source_key(item, data=data)
-            _KEYS.put(signature, key)
+            key, data = key_source(item)
             return key, data, None, time.perf_counter() - t
         except FeatxError as exc:
             return None, None, exc, time.perf_counter() - t
 
-    def _decode(self, item: Source, data):
-        t = time.perf_counter()
-        try:
-            pixels = decode_image(data if data is not None else item, self.size,
-                                  policy=self.e.policy, name=item.describe())
-            return pixels, None, time.perf_counter() - t
-        except FeatxError as exc:
-            return None, exc, time.perf_counter() - t
+    def _decode_all(self, fresh: Dict[bytes, Tuple[Source, Optional[bytes]]]):
+        """``(key, pixels, error, seconds)`` per fresh key, decoded from the bytes already read."""
+        sources = [data if data is not None else item for item, data in fresh.values()]
+        names = [item.describe() for item, _ in fresh.values()]
+        for key, result in zip(fresh, self.pool.map(sources, names)):
+            yield (key, *result)
 
     def produce(self) -> None:
         try:
@@ -506,62 +329,53 @@ class _Run:
             # was interrupted) the queue may stay full forever.
             self._put_item(_DONE)
 
-    def _lookup(self, keys: List[bytes]) -> Tuple[Dict[bytes, np.ndarray], List[bytes]]:
-        """(vectors found in the memo, keys the store already holds).
-
-        Stored keys are only *recognised* here, from the store's in-memory index,
-        without touching the file: the forward thread may hold the store's writer
-        lock, and waiting for it would stall decoding. Their vectors are read by
-        the forward thread (a ``_Hits`` item); keys other processes stored
-        meanwhile are caught by its re-check under the lock.
-        """
-        fp = self.bb.fingerprint
-        store = self.e.store
-        found: Dict[bytes, np.ndarray] = {}
-        if store is None or store.readonly:
-            # With a writable store, the store is the memory: it must receive every vector.
-            for key in keys:
-                vec = _MEMO.get(fp, key)
-                if vec is not None:
-                    found[key] = vec
-            if store is None:
-                return found, []
-            keys = [key for key in keys if key not in found]
-        if not keys:
-            return found, []
-        t = time.perf_counter()
-        known = store.known(fp, keys)
-        self.stats["lookup_s"] += time.perf_counter() - t
-        return found, [key for key, hit in zip(keys, known) if hit]
-
     def _produce(self) -> None:
         chunk = max(self.e.batch_size * 4, 64)
         pending_keys: List[bytes] = []
         pending_pixels: List[np.ndarray] = []
+        fp, store = self.bb.fingerprint, self.e.store
         for start in range(0, len(self.items), chunk):
             if self.stop.is_set():
                 return
             part = self.items[start:start + chunk]
-            keyed = list(self.pool.map(self._read_and_key, part))
-            fresh: Dict[bytes, Tuple[Source, Optional[bytes]]] = {}
-            for item, (key, data, error, seconds) in zip(part, keyed):
+            keyed = list(self.pool.map_io(self._read_and_key, part))
+            for item, (_, _, error, seconds) in zip(part, keyed):
                 self.stats["read_s"] += seconds
                 if error is not None:
                     self._fail([item.index], error)
-                    continue
-                if not self._claim(key, item.index):
+            # Stored keys are only *recognised* here, from the store's in-memory index
+            # (fresh=False): the forward thread may hold the writer lock, and waiting for
+            # it would stall decoding. Their vectors are read by the forward thread (a
+            # _Hits item); keys other processes stored meanwhile are caught by its
+            # re-check under the lock.
+            t = time.perf_counter()
+            chunk_plan = plan([k for k, *_ in keyed], store, fp, fresh=False)
+            self.stats["lookup_s"] += time.perf_counter() - t
+            fresh: Dict[bytes, Tuple[Source, Optional[bytes]]] = {}
+            stored: List[bytes] = []
+            for u in range(len(chunk_plan.keys)):
+                key = chunk_plan.key(u)
+                claimed = [local for local in chunk_plan.members(u)
+                           if self._claim(key, part[local].index)]
+                if not claimed:
                     continue
                 self.stats["unique"] += 1
-                fresh[key] = (item, data)
-            found, stored = self._lookup(list(fresh))
-            for key, vec in found.items():
-                self.stats["cache_hits"] += 1
-                fresh.pop(key)
-                self._deliver(key, vec)
+                item, data = part[claimed[0]], keyed[claimed[0]][1]
+                vec = None
+                # With a writable store, the store is the memory: it must receive every vector.
+                if store is None or store.readonly:
+                    vec = MEMO.get(fp, key)
+                if vec is not None:
+                    self.stats["cache_hits"] += 1
+                    self._deliver(key, vec)
+                elif chunk_plan.stored[u]:
+                    stored.append(key)
+                    fresh[key] = (item, data)
+                else:
+                    fresh[key] = (item, data)
             if stored:
                 self._put_item(_Hits({key: fresh.pop(key) for key in stored}))
-            decoded = self.pool.map(lambda kv: (kv[0], *self._decode(*kv[1])), fresh.items())
-            for key, pixels, error, seconds in decoded:
+            for key, pixels, error, seconds in self._decode_all(fresh):
                 self.stats["decode_s"] += seconds
                 if error is not None:
                     with self.lock:
@@ -669,8 +483,8 @@ class _Run:
                 missing.append(key)
         for start in range(0, len(missing), self.e.batch_size):
             chunk, pixels = [], []
-            for key in missing[start:start + self.e.batch_size]:
-                image, error, _ = self._decode(*hits.items[key])
+            part = {key: hits.items[key] for key in missing[start:start + self.e.batch_size]}
+            for key, image, error, _ in self._decode_all(part):
                 if error is not None:
                     with self.lock:
                         indices = self.waiting.pop(key, [])
@@ -710,7 +524,7 @@ class _Run:
         fp, store = self.bb.fingerprint, self.e.store
         if store is None or store.readonly:  # a read-only store is looked up, never written
             for key, vec in zip(keys, vectors):
-                _MEMO.put(fp, key, vec)
+                MEMO.put(fp, key, vec)
         else:
             t = time.perf_counter()
             store.put(fp, keys, vectors, spec=self.spec, forwarded=len(keys))

@@ -1,0 +1,91 @@
+"""A decode worker process of :class:`featx.engine.DecodePool` (``kind="processes"``).
+
+Run as ``python -m featx._decode_worker``: it reads jobs ``(source, size,
+policy, name)`` as length-prefixed pickle frames on stdin and answers each with
+``(pixels, error, seconds)`` on stdout, until stdin closes. It imports only
+Pillow and numpy (through :mod:`featx.images`), never a deep-learning
+framework, so it starts in well under a second.
+
+It lives outside :mod:`featx.engine` so that starting it does not import the
+engine (h5py, the store, the backbones).
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+import struct
+import sys
+import time
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from .errors import FeatxError
+from .images import decode_image
+
+_HEADER = struct.Struct(">Q")
+
+
+class DecodeResult(NamedTuple):
+    """One decoded image: ``pixels`` uint8 ``(H, W, 3)``, or None with ``error`` set."""
+
+    pixels: Optional[np.ndarray]
+    error: Optional[FeatxError]
+    seconds: float
+
+
+def decode_one(source, size, policy, name) -> DecodeResult:
+    """Decode in this process; a FeatxError becomes the result's error, not a raise."""
+    t = time.perf_counter()
+    try:
+        pixels = decode_image(source, size, policy=policy, name=name)
+        return DecodeResult(pixels, None, time.perf_counter() - t)
+    except FeatxError as exc:
+        return DecodeResult(None, exc, time.perf_counter() - t)
+
+
+def write_frame(stream, obj) -> None:
+    """One length-prefixed pickle frame (the worker pipe protocol)."""
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(data)))
+    stream.write(data)
+    stream.flush()
+
+
+def read_frame(stream):
+    """The next frame; ``EOFError`` when the other end has closed."""
+    header = _read_exactly(stream, _HEADER.size)
+    return pickle.loads(_read_exactly(stream, _HEADER.unpack(header)[0]))
+
+
+def _read_exactly(stream, n: int) -> bytes:
+    chunks, left = [], n
+    while left:
+        chunk = stream.read(left)
+        if not chunk:
+            raise EOFError("decode worker pipe closed")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def main() -> None:
+    # Ctrl-C is the parent's to handle: it closes the pool, which ends this process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    requests, replies = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # a stray print must never corrupt the reply stream
+    while True:
+        try:
+            source, size, policy, name = read_frame(requests)
+        except EOFError:  # the parent closed the pool, or died
+            return
+        result = decode_one(source, size, policy, name)
+        error = None if result.error is None else (type(result.error).__name__,
+                                                   str(result.error))
+        pixels = None if result.pixels is None else np.ascontiguousarray(result.pixels)
+        write_frame(replies, (pixels, error, result.seconds))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""The extraction engine: the one place where pixels meet a frozen model.
+
+``Embedder.embed(sources)`` runs a reader → mapper → writer pipeline (the
+shape of clip-retrieval's runner):
+
+1. **read + key** (thread pool): each file is read once and keyed by the
+   sha256 of its bytes (arrays: bytes + shape + dtype);
+2. **dedup + lookup** (:func:`plan`, shared with the Dask driver): a key already
+   seen in this call, in the process memo or in the store is never decoded nor
+   forwarded again;
+3. **decode** (:class:`DecodePool`: threads, or worker processes where threads
+   stop scaling): the misses only, from the bytes already read, into
+   fixed-shape uint8 batches, preprocessed;
+4. **forward** (main thread, :class:`PaddedForward`): ``model(x, training=False)``
+   inside a compiled function at one fixed batch shape (the last batch is
+   padded), so nothing retraces;
+5. **write**: each batch is appended to the store and committed before the
+   next one, so a crash loses at most the batch in flight.
+
+Rooms: ``_keys`` (content keys), ``_plan`` (dedup + lookup), ``_decode`` (the
+one decode pool), ``_forward`` (the one padded forward), ``_memo`` (vectors
+without a store), ``_embedder`` (the pipeline that joins them).
+
+Steps 1–3 run in a producer thread, a bounded queue ahead of step 4, so
+decoding overlaps the forward pass.  Vectors always come back in input order.
+"""
+
+from __future__ import annotations
+
+from ._decode import DecodePool, default_workers
+from ._embedder import ON_ERROR, EmbedFailure, Embedder
+from ._forward import PaddedForward, compiled_forward
+from ._keys import key_source
+from ._memo import clear_memo
+from ._plan import Plan, plan
+
+__all__ = ["DecodePool", "EmbedFailure", "Embedder", "ON_ERROR", "PaddedForward", "Plan",
+           "clear_memo", "compiled_forward", "default_workers", "key_source", "plan"]

@@ -1,0 +1,129 @@
+"""The one compiled, fixed-shape forward pass, shared by the engine and the fine-tuner."""
+
+from __future__ import annotations
+
+import weakref
+from typing import Tuple
+
+import numpy as np
+
+from .._env import import_keras
+
+__all__ = ["PaddedForward", "compiled_forward"]
+
+
+_FORWARD_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def compiled_forward(model, batch_shape: Tuple[int, ...], jit_compile: bool = False):
+    """The compiled forward of ``model`` at ``batch_shape``, built once per model and shape.
+
+    Many Embedders share one backbone in a grid search; compiling per Embedder
+    would retrace the same graph for each.  The fine-tuner predicts through it
+    too.  Inputs must have exactly ``batch_shape`` (pad the last batch).
+
+    Examples
+    --------
+    >>> import numpy as np, featx
+    >>> from featx.engine import compiled_forward
+    >>> bb = featx.get_backbone("mobilenet_v2", weights=None, input_size=32)
+    >>> forward = compiled_forward(bb.model, (2, 32, 32, 3))
+    >>> forward(np.zeros((2, 32, 32, 3), np.float32)).shape
+    (2, 1280)
+    """
+    per_model = _FORWARD_CACHE.setdefault(model, {})
+    if (batch_shape, jit_compile) not in per_model:
+        per_model[batch_shape, jit_compile] = _build_forward(model, batch_shape, jit_compile)
+    return per_model[batch_shape, jit_compile]
+
+
+def _build_forward(model, batch_shape: Tuple[int, ...], jit_compile: bool = False):
+    """``x -> model(x, training=False)`` compiled once for one fixed input shape.
+
+    ``jit_compile`` asks TensorFlow for XLA (JAX always compiles with XLA; the
+    torch backend runs eagerly under ``no_grad``). Outputs are float32 whatever
+    the compute dtype.
+    """
+    keras = import_keras()
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        fn = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32),
+                         reduce_retracing=True, jit_compile=bool(jit_compile),
+                         input_signature=[tf.TensorSpec(batch_shape, tf.float32)])
+        return lambda x: fn(x).numpy()
+    if backend == "jax":
+        import jax
+
+        fn = jax.jit(lambda tv, ntv, x: model.stateless_call(tv, ntv, x, training=False)[0])
+        # Variable values are read at each call, so a model trained after its first
+        # forward (the fine-tuner) is never run with stale weights.
+        return lambda x: np.asarray(fn([v.value for v in model.trainable_variables],
+                                       [v.value for v in model.non_trainable_variables], x),
+                                    dtype=np.float32)
+    if backend == "torch":
+        import torch
+
+        def run(x):
+            with torch.no_grad():
+                out = model(x, training=False)
+                return keras.ops.convert_to_numpy(keras.ops.cast(out, "float32"))
+
+        return run
+    return lambda x: keras.ops.convert_to_numpy(
+        keras.ops.cast(model(x, training=False), "float32"))
+
+
+
+class PaddedForward:
+    """``pixels -> float32 outputs`` at one compiled batch shape; short batches are padded.
+
+    Every batch runs at ``(batch_size, *input_shape)`` so the compiled function
+    never retraces; the padding rows are cut from the result. The engine's
+    frozen forward and the fine-tuner's predictions both go through it.
+
+    Parameters
+    ----------
+    model : keras.Model
+    batch_size : int
+    input_shape : tuple of int
+        ``(height, width, channels)``.
+    jit_compile : bool, default False
+        XLA on the TensorFlow backend (see :func:`compiled_forward`).
+
+    Examples
+    --------
+    >>> import numpy as np, featx
+    >>> from featx.engine import PaddedForward
+    >>> bb = featx.get_backbone("mobilenet_v2", weights=None, input_size=32)
+    >>> forward = PaddedForward(bb.model, 4, (32, 32, 3))
+    >>> forward(np.zeros((3, 32, 32, 3), np.float32)).shape
+    (3, 1280)
+    """
+
+    def __init__(self, model, batch_size: int, input_shape: Tuple[int, ...],
+                 jit_compile: bool = False):
+        self.model = model
+        self.batch_size = int(batch_size)
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.jit_compile = bool(jit_compile)
+        self._fn = None
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        n = len(pixels)
+        if n > self.batch_size:
+            raise ValueError(f"a batch of {n} exceeds the compiled batch size {self.batch_size}")
+        if self._fn is None:
+            self._fn = compiled_forward(self.model, (self.batch_size, *self.input_shape),
+                                        self.jit_compile)
+        pixels = np.asarray(pixels, dtype=np.float32)
+        if n < self.batch_size:
+            pad = np.zeros((self.batch_size - n, *pixels.shape[1:]), dtype=np.float32)
+            pixels = np.concatenate([pixels, pad])
+        return np.asarray(self._fn(pixels), dtype=np.float32)[:n]
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_fn"] = None  # compiled functions do not pickle; rebuilt on first use
+        return state

@@ -1,0 +1,221 @@
+"""The one decode pool (featx.engine.DecodePool): same pixels in threads and processes,
+errors as results, and the engine's failure rules for worker processes — a crash fails
+one image, close() is bounded, Ctrl-C reaches the parent only, no orphan survives it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import featx
+from featx.engine import DecodePool, Embedder
+from featx.errors import FeatxError, ImageDecodeError
+from featx.images import decode_image
+
+from _imagegen import make_jpegs
+
+SIZE = (24, 24)
+CHILD_TIMEOUT_S = 120
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its parent) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_gone(pids, timeout_s=20.0) -> list:
+    """Pids still alive after ``timeout_s`` (empty when all have exited)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if _alive(p)]
+        if not alive:
+            return []
+        time.sleep(0.05)  # polling a process table; no order depends on it
+    return [p for p in pids if _alive(p)]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("imgs")
+    paths = make_jpegs(folder, 9, size=(50, 37))
+    with open(paths[0], "rb") as f:
+        data = f.read()
+    array = np.random.RandomState(3).randint(0, 255, (31, 17, 3)).astype(np.uint8)
+    return [*paths, data, array, featx.images.Source(array=array, index=4)]
+
+
+@pytest.mark.parametrize("kind", ["threads", "processes"])
+def test_pixels_equal_decode_image_in_input_order(inputs, kind):
+    with DecodePool(SIZE, policy="crop", workers=2, kind=kind) as pool:
+        results = list(pool.map(inputs))
+    assert len(results) == len(inputs)
+    for source, result in zip(inputs, results):
+        assert result.error is None
+        expected = decode_image(source, SIZE, policy="crop")
+        np.testing.assert_array_equal(result.pixels, expected)
+        assert result.seconds >= 0
+
+
+@pytest.mark.parametrize("kind", ["threads", "processes"])
+def test_a_bad_image_is_an_error_result_naming_it_and_the_rest_decode(inputs, kind, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 this is not a jpeg")
+    with DecodePool(SIZE, workers=2, kind=kind) as pool:
+        results = list(pool.map([inputs[0], str(bad), inputs[1]]))
+    assert results[0].error is None and results[2].error is None
+    assert isinstance(results[1].error, ImageDecodeError)
+    assert "broken.jpg" in str(results[1].error)
+
+
+class _KillsTheWorker:
+    """Unpickling this in a worker process ends it at once, as a crash in a codec would."""
+
+    def __reduce__(self):
+        return (os._exit, (3,))
+
+
+def test_a_worker_that_dies_fails_only_its_image_and_is_replaced(inputs):
+    with DecodePool(SIZE, workers=1, kind="processes") as pool:
+        results = list(pool.map([inputs[0], _KillsTheWorker(), inputs[1]],
+                                names=["first.jpg", "crasher.jpg", "third.jpg"]))
+    assert results[0].error is None and results[2].error is None
+    error = results[1].error
+    assert isinstance(error, ImageDecodeError)
+    assert "crasher.jpg" in str(error) and "decoder process died" in str(error)
+    assert "exit code 3" in str(error)
+
+
+def test_close_is_bounded_and_ends_every_worker(inputs):
+    pool = DecodePool(SIZE, workers=2, kind="processes")
+    list(pool.map(inputs[:2]))  # both workers started
+    pids = [p.pid for p in pool._procs.procs]
+    assert len(pids) == 2
+    pending = pool.map(inputs * 50)  # queued work that close() drops
+    t = time.monotonic()
+    pool.close(wait=False)
+    assert time.monotonic() - t < 15  # bounded (generous: a hang would be forever)
+    assert _wait_gone(pids) == []
+    with pytest.raises(FeatxError, match="closed"):
+        list(pending)
+
+
+def test_bad_arguments_are_refused_at_once():
+    with pytest.raises(FeatxError, match="decode kind"):
+        DecodePool(SIZE, kind="gpu")
+    with pytest.raises(FeatxError, match="workers"):
+        DecodePool(SIZE, workers=0)
+    with pytest.raises(FeatxError, match="decode must be one of"):
+        Embedder(featx.get_backbone("mobilenet_v2", weights=None, input_size=32),
+                 decode="fibers")
+
+
+ORPHAN_CHILD = textwrap.dedent("""
+    import sys
+    from featx.engine import DecodePool
+    paths = sys.argv[1:]
+    pool = DecodePool((24, 24), workers=2, kind="processes")
+    list(pool.map(paths))
+    print(" ".join(str(p.pid) for p in pool._procs.procs), flush=True)
+    sys.stdin.read()  # wait to be killed
+""")
+
+
+def test_workers_exit_when_their_parent_is_killed(inputs, tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(ORPHAN_CHILD)
+    proc = subprocess.Popen([sys.executable, str(script), *inputs[:4]], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # blocks until the workers exist (or the child died)
+        pids = [int(p) for p in line.split()]
+        assert len(pids) == 2, line
+        proc.kill()
+        proc.wait(timeout=CHILD_TIMEOUT_S)
+        assert _wait_gone(pids) == [], "decode workers outlived their killed parent"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+CTRL_C_CHILD = textwrap.dedent("""
+    import sys, time
+    import featx
+    from featx.engine import Embedder
+    from featx.errors import EmbedInterrupted
+    paths = open(sys.argv[1]).read().split()
+    bb = featx.get_backbone("mobilenet_v2", weights=None, input_size=32)
+    emb = Embedder(bb, batch_size=4, progress=False, decode="processes", workers=2)
+    import featx.engine._decode as decode
+    original = decode._ProcessDecoders._start
+    def start(self):  # tells the parent each worker's pid
+        proc = original(self)
+        print("WORKER", proc.pid, flush=True)
+        return proc
+    decode._ProcessDecoders._start = start
+    def forward(self, pixels):  # the first forward tells the parent to press Ctrl-C
+        print("FORWARD", flush=True)
+        time.sleep(60)  # a long forward pass; the parent's Ctrl-C interrupts it
+        raise SystemExit("no Ctrl-C arrived")
+    Embedder._forward_batch = forward
+    try:
+        emb.embed(paths)
+    except EmbedInterrupted as exc:
+        print("INTERRUPTED", exc, flush=True)
+        sys.exit(130)
+    print("FINISHED", flush=True)
+""")
+
+
+def test_ctrl_c_reaches_the_parent_and_ends_the_workers(tmp_path):
+    paths = make_jpegs(tmp_path / "imgs", 400, size=(64, 48))
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(paths))
+    script = tmp_path / "child.py"
+    script.write_text(CTRL_C_CHILD)
+    # Its own process group, as a terminal's foreground job: Ctrl-C goes to every member.
+    proc = subprocess.Popen([sys.executable, str(script), str(listing)], stdout=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    pids = []
+    try:
+        for line in proc.stdout:
+            if line.startswith("WORKER"):
+                pids.append(int(line.split()[1]))
+            if line.startswith("FORWARD"):
+                break
+        assert pids, "no decode worker started"
+        os.killpg(proc.pid, signal.SIGINT)
+        rest = proc.communicate(timeout=CHILD_TIMEOUT_S)[0]
+        assert proc.returncode == 130, rest
+        assert "INTERRUPTED interrupted;" in rest
+        assert _wait_gone(pids) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_embedder_with_worker_processes_gives_the_same_vectors(tmp_path):
+    bb = featx.get_backbone("mobilenet_v2", weights=None, input_size=32)
+    paths = make_jpegs(tmp_path / "imgs", 12, size=(50, 37))
+    featx.engine.clear_memo()
+    X_threads = Embedder(bb, batch_size=4, progress=False).embed(paths)
+    featx.engine.clear_memo()
+    emb = Embedder(bb, batch_size=4, progress=False, decode="processes", workers=2)
+    X_procs = emb.embed(paths + [paths[0]])
+    assert emb.stats["forwarded"] == 12
+    np.testing.assert_array_equal(X_procs[:12], X_threads)
+    np.testing.assert_array_equal(X_procs[12], X_threads[0])
