@@ -7,14 +7,17 @@ machine where no backend is installed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
+import time
 from pathlib import Path
+from typing import Iterator
 
-from .errors import MissingDependencyError
+from .errors import FeatxError, MissingDependencyError
 
-__all__ = ["featx_home", "import_keras", "sha256_file"]
+__all__ = ["featx_home", "file_lock", "import_keras", "sha256_file"]
 
 _BACKEND_EXTRAS = {
     "tensorflow": "pip install 'featx[cpu]'   (tensorflow-cpu; or 'featx[gpu]' for CUDA)",
@@ -68,3 +71,37 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: handle.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def file_lock(path, timeout: float = 600.0, what: str = "a featx cache folder") -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if absent), waiting at most ``timeout``.
+
+    For caches several processes may fill at once (a materialised dataset): the
+    second waits for the first and then uses its result. Polls, so the wait is
+    bounded and Ctrl-C is seen.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "x.lock")
+    >>> with file_lock(path):
+    ...     pass
+    """
+    import fcntl
+
+    deadline = time.monotonic() + timeout
+    with open(path, "a+") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise FeatxError(f"waited {timeout:g} s for the lock {path} of {what}; "
+                                     "another featx process holds it") from None
+                time.sleep(0.05)  # polling the lock; the wait is bounded by the deadline
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -29,8 +29,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._env import featx_home
-from .errors import FeatxError, MissingDependencyError
+from ._env import featx_home, file_lock
+from .errors import FeatxError, InvalidParameterError, MissingDependencyError
 from .images import IMAGE_EXTENSIONS, list_images
 
 __all__ = [
@@ -125,7 +125,7 @@ def load_image_folder(root, *, split: Optional[str] = None,
     splits = find_splits(root)
     if split is not None:
         if split not in ("train", "test"):
-            raise FeatxError(f"split must be 'train' or 'test', got {split!r}")
+            raise InvalidParameterError(f"split must be 'train' or 'test', got {split!r}")
         if not splits:
             raise FeatxError(f"{root}: no train/test split folders (looked for "
                              f"{TRAIN_NAMES[:3]} and {TEST_NAMES[:3]})")
@@ -291,30 +291,47 @@ def _materialise(name: str, split: str, images: np.ndarray, y: np.ndarray,
     written; it is built in a temporary sibling and renamed, so an interrupted
     run never leaves a half dataset that a later run would use.
     """
-    from PIL import Image
-
     target = featx_home() / "datasets" / name / split
     marker = target / "COMPLETE"
     width = len(str(max(len(images) - 1, 0)))
     paths = [str(target / _safe(class_names[label]) / f"{i:0{width}d}.png")
              for i, label in enumerate(y)]
-    if marker.exists() and marker.read_text().strip() == str(len(images)):
+    if _complete(marker, len(images)):
         return paths
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{split}-", dir=target.parent))
+    # Another process may be writing the same dataset: wait for it, then use its folder
+    # (replacing it would pull files from under a reader).
+    with file_lock(target.parent / f".{split}.lock", what=f"dataset {name}/{split}"):
+        if not _complete(marker, len(images)):
+            _write_split(target, images, y, class_names, width)
+    return paths
+
+
+def _complete(marker: Path, count: int) -> bool:
+    try:
+        return marker.read_text().strip() == str(count)
+    except OSError:
+        return False
+
+
+def _write_split(target: Path, images: np.ndarray, y: np.ndarray,
+                 class_names: Sequence[str], width: int) -> None:
+    """Write the PNGs in a temporary sibling, then rename it into place."""
+    from PIL import Image
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         for i, (image, label) in enumerate(zip(images, y)):
             folder = staging / _safe(class_names[label])
             folder.mkdir(exist_ok=True)
             Image.fromarray(image).save(folder / f"{i:0{width}d}.png", optimize=False)
         (staging / "COMPLETE").write_text(str(len(images)))
-        if target.exists():
+        if target.exists():  # an incomplete folder from an interrupted run
             shutil.rmtree(target)
         os.replace(staging, target)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    return paths
 
 
 def _safe(name: str) -> str:
@@ -327,7 +344,8 @@ def _stratified_first(y: np.ndarray, limit: Optional[int], n_classes: int) -> np
     if limit is None or limit >= len(y):
         return np.arange(len(y))
     if limit < n_classes:
-        raise FeatxError(f"limit={limit} is smaller than the number of classes ({n_classes})")
+        raise InvalidParameterError(
+            f"limit={limit} is smaller than the number of classes ({n_classes})")
     per_class = limit // n_classes
     keep = np.concatenate([np.flatnonzero(y == c)[:per_class] for c in range(n_classes)])
     return np.sort(keep)
@@ -378,7 +396,7 @@ def load_elpv(task: str = "binary", *, limit: Optional[int] = None) -> Dataset:
         names = ["mono", "poly"]
         y = (np.char.decode(table["type"]) == "poly").astype(np.int64)
     else:
-        raise FeatxError(f"task must be 'binary', 'levels' or 'type', got {task!r}")
+        raise InvalidParameterError(f"task must be 'binary', 'levels' or 'type', got {task!r}")
     keep = _stratified_first(y, limit, len(names))
     return [paths[i] for i in keep], y[keep], names
 
@@ -410,7 +428,7 @@ def load_fashion_mnist(split: str = "train", *, limit: Optional[int] = None,
     """
     prefix = {"train": "train", "test": "t10k"}.get(split)
     if prefix is None:
-        raise FeatxError(f"split must be 'train' or 'test', got {split!r}")
+        raise InvalidParameterError(f"split must be 'train' or 'test', got {split!r}")
     images_path = Path(root) / f"{prefix}-images-idx3-ubyte.gz"
     labels_path = Path(root) / f"{prefix}-labels-idx1-ubyte.gz"
     if not images_path.is_file() or not labels_path.is_file():
@@ -495,8 +513,9 @@ def load_dataset(name: str, *, limit: Optional[int] = None) -> Dataset:
     if name.startswith("tfds:"):
         return load_tfds(name[5:], limit=limit)
     if name not in DATASETS:
-        raise FeatxError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}, "
-                         "or tfds:<name>")
+        raise InvalidParameterError(
+            f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}, "
+            "or tfds:<name>")
     if name == "lfw-subset":
         return DATASETS[name]()
     return DATASETS[name](limit=limit)

@@ -80,6 +80,41 @@ def test_lfw_subset_is_materialised_once(tmp_path, monkeypatch):
         assert im.size == (25, 25)
 
 
+def test_a_dataset_another_process_is_writing_is_waited_for_not_deleted(tmp_path, monkeypatch):
+    """Two processes materialising one dataset: the second waits, then uses the first's
+    folder. Before, it removed that folder (which the first was already reading) and
+    wrote its own."""
+    import fcntl
+    import threading
+
+    monkeypatch.setenv("FEATX_HOME", str(tmp_path))
+    images = np.zeros((4, 8, 8), np.uint8)
+    y = np.array([0, 1, 0, 1])
+    target = tmp_path / "datasets" / "demo" / "all"
+    target.parent.mkdir(parents=True)
+    lock = open(target.parent / ".all.lock", "a+")
+    fcntl.flock(lock, fcntl.LOCK_EX)  # "another process" is writing the dataset
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(
+        paths=datasets._materialise("demo", "all", images, y, ["a", "b"])))
+    worker.start()
+    worker.join(timeout=1.0)
+    assert worker.is_alive(), "did not wait for the dataset lock"
+    # The other process finishes: its complete folder, with a file of its own.
+    (target / "a").mkdir(parents=True)
+    (target / "b").mkdir()
+    for i, label in enumerate("abab"):
+        Image.fromarray(images[i]).save(target / label / f"{i}.png")
+    (target / "theirs.txt").write_text("written by the other process")
+    (target / "COMPLETE").write_text("4")
+    fcntl.flock(lock, fcntl.LOCK_UN)
+    lock.close()
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert (target / "theirs.txt").exists(), "the other process's folder was replaced"
+    assert result["paths"][0] == str(target / "a" / "0.png")
+
+
 def test_fashion_mnist_from_the_debian_files(tmp_path, monkeypatch):
     if not os.path.isdir(datasets.FASHION_MNIST_DIR):
         pytest.skip("dataset-fashion-mnist not installed (apt-get install dataset-fashion-mnist)")
