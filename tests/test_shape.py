@@ -38,7 +38,6 @@ KNOWN_DEBT = {
     "parameters featx/baseline.py::baseline": "run_baseline() -> BaselineResult",
     "parameters featx/baseline.py::Leaderboard.__init__": "BaselineResult, a dataclass",
     "parameters featx/report.py::write_report": "write_report(result, out) on plain data",
-    "class featx/store/_store.py::EmbeddingStore": "store/: _merge.py, _layout.py, thin class",
 }
 
 # Private modules every room may use: process-wide helpers with no state of their own.

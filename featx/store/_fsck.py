@@ -1,14 +1,18 @@
-"""fsck for a store file: what :meth:`EmbeddingStore.verify` checks in each group."""
+"""fsck and summary of a store file: the bodies of ``EmbeddingStore.verify`` and ``info``."""
 
 from __future__ import annotations
 
 import json
+import os
+from typing import Any
 
 import h5py
 import numpy as np
 
-from ._format import (_FP_RE, _READ_BLOCK_BYTES, _VOID, KEY_BYTES, SUPPORTED_DTYPES,
-                      _row_crcs, _void)
+from featx.errors import StoreError
+
+from . import _layout
+from ._format import _FP_RE, _READ_BLOCK_BYTES, _ROOT, _VOID, SUPPORTED_DTYPES, _row_crcs, _void
 
 
 def verify_group(root: h5py.Group, name: str, problems: list[str]) -> dict | None:
@@ -51,11 +55,7 @@ def verify_group(root: h5py.Group, name: str, problems: list[str]) -> dict | Non
         problems.append(f"{where}: dtype attribute {dtype!r} is not one of {SUPPORTED_DTYPES}")
         return None
     dsets = {}
-    for dname, want_dtype, want_tail in (
-        ("keys", np.dtype(np.uint8), (KEY_BYTES,)),
-        ("vectors", np.dtype(dtype), (dim,)),
-        ("crc", np.dtype(np.uint32), ()),
-    ):
+    for dname, want_tail, want_dtype in _layout.group_datasets(dim, dtype):
         ds = g.get(dname)
         if not isinstance(ds, h5py.Dataset):
             problems.append(f"{where}: dataset {dname!r} missing")
@@ -122,3 +122,90 @@ def verify_group(root: h5py.Group, name: str, problems: list[str]) -> dict | Non
         "allocated": allocated,
         "bytes": int(sum(d.id.get_storage_size() for d in dsets.values())),
     }
+
+
+def store_info(store) -> dict:
+    """The summary ``EmbeddingStore.info`` returns (one shared-lock read)."""
+    out: dict[str, Any] = {
+        "path": store.path,
+        "exists": False,
+        "size_bytes": 0,
+        "store_version": None,
+        "featx_version": None,
+        "backbones": [],
+    }
+    with store._reading() as f:
+        if f is None:
+            return out
+        out["exists"] = True
+        out["size_bytes"] = os.path.getsize(store.path)
+        out["store_version"] = int(np.asarray(f.attrs["featx_store_version"]).item())
+        fv = f.attrs.get("featx_version")
+        out["featx_version"] = None if fv is None else str(fv)
+        root = f.get(_ROOT)
+        for fp in sorted(root.keys()) if root is not None else []:
+            g = _layout.group(f, fp)
+            if g is None:
+                continue
+            meta = store._meta(g)
+            try:
+                spec = json.loads(meta["spec"])
+            except json.JSONDecodeError:
+                spec = None
+            out["backbones"].append(
+                {
+                    "fingerprint": fp,
+                    "name": spec.get("name") if isinstance(spec, dict) else None,
+                    "dim": meta["dim"],
+                    "dtype": meta["dtype"],
+                    "rows": meta["committed"],
+                    "allocated": int(g["vectors"].shape[0]) if "vectors" in g else 0,
+                    "created": meta["token"][1],
+                    "spec": spec,
+                }
+            )
+    return out
+
+
+def verify_store(store) -> dict:
+    """Check a whole store file under the shared lock; see ``EmbeddingStore.verify``."""
+    if not store._exists():
+        raise StoreError(f"{store.path!r}: no store file to verify (missing or empty)")
+    problems: list[str] = []
+    report: dict[str, Any] = {"path": store.path, "ok": True, "backbones": []}
+    with store._mutex, store._lock(exclusive=False):
+        f = store._open("r")
+        try:
+            report["store_version"] = _layout.check_version(f, store.path)
+            report["size_bytes"] = os.path.getsize(store.path)
+            try:
+                root = f.get(_ROOT)
+                if not isinstance(root, h5py.Group):
+                    problems.append(f"no /{_ROOT} group")
+                    names: list[str] = []
+                else:
+                    names = sorted(root.keys())
+                for name in names:
+                    try:
+                        entry = verify_group(root, name, problems)
+                    except StoreError:
+                        raise
+                    except Exception as exc:  # h5py read errors on damaged metadata/data
+                        problems.append(
+                            f"group {name}: cannot be read ({type(exc).__name__}: {exc})"
+                        )
+                        continue
+                    if entry is not None:
+                        report["backbones"].append(entry)
+            except StoreError:
+                raise
+            except Exception as exc:
+                problems.append(f"cannot be read ({type(exc).__name__}: {exc})")
+        finally:
+            f.close()
+    if problems:
+        shown = "; ".join(problems[:10]) + (
+            f"; … {len(problems) - 10} more" if len(problems) > 10 else ""
+        )
+        raise StoreError(f"{store.path!r} is damaged: {shown}")
+    return report

@@ -72,3 +72,22 @@ class _KeyIndex:
                 get = self.delta.get
                 out[miss] = [get(b[i : i + KEY_BYTES], -1) for i in range(0, len(b), KEY_BYTES)]
         return out
+
+    def contains(self, q: np.ndarray) -> np.ndarray:
+        """Which of the ``V32`` keys ``q`` the index holds; safe while a thread extends it.
+
+        Reads each attribute once: ``extend`` replaces the sorted array whole and the
+        delta dict is copied atomically, so the answer comes from one consistent state.
+        """
+        out = np.zeros(len(q), dtype=bool)
+        if len(q) == 0:
+            return out
+        sorted_keys, delta = self.keys, self.delta.copy()
+        if len(sorted_keys):
+            pos = np.minimum(np.searchsorted(sorted_keys, q), len(sorted_keys) - 1)
+            out |= sorted_keys[pos] == q
+        if delta:
+            raw = q.tobytes()
+            out |= np.fromiter((raw[i:i + KEY_BYTES] in delta
+                                for i in range(0, len(raw), KEY_BYTES)), bool, len(q))
+        return out

@@ -664,8 +664,8 @@ def test_predict_out_checks_and_non_utf8_names(tmp_path, capsys, trained):
 
 SCRIPT_NO_PREFLIGHT = textwrap.dedent("""
     import sys
-    from featx.store import EmbeddingStore
-    EmbeddingStore._check_free_space = lambda *args, **kwargs: None  # let HDF5 hit ENOSPC
+    import featx.store._layout as layout
+    layout.check_free_space = lambda *args, **kwargs: None  # let HDF5 hit ENOSPC
     from featx.cli import main
     sys.exit(main(sys.argv[1:]))
 """)
