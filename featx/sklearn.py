@@ -26,11 +26,13 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from .backbones import Backbone, get_backbone
+from .backbones import DTYPES, POOLINGS, Backbone, get_backbone
 from .backbones.registry import get_spec
 from .errors import FeatxError, ImageDecodeError, InvalidParameterError
-from .engine import DecodePool, default_workers
-from .images import as_sources, check_decode_options
+from ._params import Interval, Options, check_params
+from .engine import ON_ERROR, DecodePool, default_workers
+from .images import RESIZE_POLICIES, as_sources, check_decode_options
+from .store import EmbeddingStore
 
 __all__ = ["ImageEmbedder", "RawPixels", "clear_backbone_cache", "load_bundle", "save_bundle",
            "NOT_APPLICABLE_CHECKS"]
@@ -314,6 +316,18 @@ class ImageEmbedder(_ImageInputMixin, TransformerMixin, BaseEstimator):
     (3,)
     """
 
+    _parameter_constraints = {
+        "backbone": [str],
+        "input_size": [None, Interval(int, 1)],
+        "pooling": [Options(POOLINGS)],
+        "cache": [None, "path", EmbeddingStore],
+        "batch_size": [Interval(int, 1)],
+        "dtype": [Options(DTYPES)],
+        "on_error": [Options(ON_ERROR)],
+        "progress": [bool, None],
+        "policy": [Options(RESIZE_POLICIES)],
+    }
+
     def __init__(self, backbone="efficientnet_lite0", weights="packaged", input_size=None,
                  pooling="avg", cache=None, batch_size=32, dtype="float32", on_error="raise",
                  progress=False, policy="squash"):
@@ -397,6 +411,7 @@ class ImageEmbedder(_ImageInputMixin, TransformerMixin, BaseEstimator):
         return self
 
     def _fit(self, X) -> list:
+        check_params(self, self._parameter_constraints)
         sources = self._record_input(X)
         self.__dict__.pop("backbone_fingerprint_", None)  # a refit may change the backbone
         bb = self.load_backbone()
@@ -481,6 +496,13 @@ class RawPixels(_ImageInputMixin, TransformerMixin, BaseEstimator):
     ((2, 64), 1.0)
     """
 
+    _parameter_constraints = {
+        "size": [Interval(int, 1)],
+        "gray": [bool],
+        "policy": [Options(RESIZE_POLICIES)],
+        "on_error": [Options(ON_ERROR)],
+    }
+
     def __init__(self, size=32, gray=False, policy="squash", on_error="raise"):
         self.size = size
         self.gray = gray
@@ -496,6 +518,7 @@ class RawPixels(_ImageInputMixin, TransformerMixin, BaseEstimator):
         return self
 
     def _fit(self, X) -> list:
+        check_params(self, self._parameter_constraints)
         check_decode_options((self.size, self.size), self.policy)
         sources = self._record_input(X)
         self.n_features_out_ = self._n_features()

@@ -218,6 +218,24 @@ def test_transform_refuses_a_backbone_other_than_the_fitted_one(tree):
     assert emb.fit(paths).transform(paths[:2]).shape == (2, 1280)
 
 
+@pytest.mark.parametrize("estimator, name", [
+    (ImageEmbedder(**{**SMALL, "batch_size": 0}), "batch_size"),
+    (ImageEmbedder(**{**SMALL, "on_error": "ignore"}), "on_error"),
+    (ImageEmbedder(**{**SMALL, "policy": "stretch"}), "policy"),
+    (ImageEmbedder(**{**SMALL, "progress": "yes"}), "progress"),
+    (ImageEmbedder(**{**SMALL, "pooling": "mean"}), "pooling"),
+    (RawPixels(on_error="ignore"), "on_error"),
+    (RawPixels(size=0), "size"),
+    (RawPixels(gray="no"), "gray"),
+])
+def test_bad_parameters_are_refused_at_fit_as_value_errors(estimator, name, images):
+    """As scikit-learn does: parameters are checked by fit, before any work, and the error
+    is a ValueError naming the parameter (was: accepted by fit, refused by transform)."""
+    with pytest.raises(ValueError, match=name) as info:
+        estimator.fit(images[:2])
+    assert isinstance(info.value, FeatxError)
+
+
 def test_raw_pixels_values_and_shapes():
     white = np.full((3, 20, 30, 3), 255, np.uint8)
     X = RawPixels(size=8).fit_transform(white)

@@ -5,6 +5,8 @@ See :func:`get_backbone` and :func:`list_backbones`; the table of families is
 """
 
 from .base import (
+    DTYPES,
+    POOLINGS,
     Backbone,
     decode_predictions,
     get_backbone,
@@ -18,6 +20,8 @@ __all__ = [
     "Backbone",
     "BackboneSpec",
     "BACKBONES",
+    "DTYPES",
+    "POOLINGS",
     "Preprocessing",
     "decode_predictions",
     "get_backbone",
