@@ -165,6 +165,52 @@ class Leaderboard:
 
     # -- views ----------------------------------------------------------------
 
+    def out_of_fold_proba(self, sources, y) -> np.ndarray:
+        """Out-of-fold class probabilities of :attr:`best_estimator_`, on the board's folds.
+
+        Each fold refits a clone of the best pipeline; its embedding step reads the
+        cached vectors (store or process memo), so no image is forwarded again. Images
+        the board left out (:attr:`dropped_`) are in no fold: their rows are NaN, so
+        the result still lines up with ``sources``.
+
+        Parameters
+        ----------
+        sources : sequence
+            The images the board was run on, in the same order.
+        y : array-like
+            Their labels.
+
+        Returns
+        -------
+        numpy.ndarray, shape (n, n_classes)
+
+        Examples
+        --------
+        >>> import numpy as np, featx
+        >>> rng = np.random.RandomState(0)
+        >>> images = rng.randint(0, 120, (24, 32, 32, 3)).astype(np.uint8)
+        >>> images[12:] += 120
+        >>> y = np.repeat(["dark", "light"], 12)
+        >>> board = featx.baseline(images, y, backbones=["mobilenet_v2"], heads=["logreg"],
+        ...                        weights=None, input_size=32, cv=3)
+        >>> board.out_of_fold_proba(list(images), y).shape
+        (24, 2)
+        """
+        from sklearn.model_selection import cross_val_predict
+
+        n = len(sources)
+        covered = np.unique(np.concatenate([np.asarray(te) for _, te in self.splits]))
+        position = np.full(n, -1)
+        position[covered] = np.arange(len(covered))
+        splits = [(position[np.asarray(tr)], position[np.asarray(te)]) for tr, te in self.splits]
+        data = np.empty(len(covered), dtype=object)
+        data[:] = [sources[i] for i in covered]
+        proba = cross_val_predict(self.best_estimator_, data, np.asarray(y)[covered],
+                                  cv=splits, method="predict_proba")
+        out = np.full((n, proba.shape[1]), np.nan)
+        out[covered] = proba
+        return out
+
     def _columns(self) -> List[str]:
         cols = ["rank", "backbone", "head"]
         ordered = [self.primary] + [m for m in self.metrics if m != self.primary]

@@ -256,15 +256,13 @@ def _cmd_baseline(args) -> int:
     from .backbones import get_spec
     from .baseline import baseline
     from .heads import resolve_kind
-    from .report import out_of_fold_proba, write_report
+    from .report import write_report
     from .sklearn import save_bundle
 
     for name in args.backbone:
         get_spec(name)
     for kind in args.head:
         resolve_kind(kind)
-    if args.cv < 2:
-        raise _UsageError("featx baseline: --cv must be at least 2")
     started = time.perf_counter()
     _check_out_folder(args.out, "baseline")
     sources, y, names, test, described = _load_labelled(args)
@@ -299,7 +297,7 @@ def _cmd_baseline(args) -> int:
         proba = board.best_estimator_.predict_proba(_objects(eval_sources))
         evaluated_on = f"the held-out test split ({len(eval_sources)} images)"
     else:
-        proba = out_of_fold_proba(board, sources, y)
+        proba = board.out_of_fold_proba(sources, y)
         keep = np.flatnonzero(np.isfinite(proba).all(axis=1))
         eval_sources, eval_y, proba = [sources[i] for i in keep], np.asarray(y)[keep], proba[keep]
         evaluated_on = f"out-of-fold predictions of the same {args.cv} folds"

@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import FeatxError
 
-__all__ = ["dataset_summary", "out_of_fold_proba", "write_report", "most_confidently_wrong"]
+__all__ = ["dataset_summary", "write_report", "most_confidently_wrong"]
 
 THUMB = 96
 
@@ -77,30 +77,6 @@ def dataset_summary(sources: Sequence, y, class_names: Sequence[str], sample: in
         },
     }
     return summary
-
-
-def out_of_fold_proba(board, sources, y) -> np.ndarray:
-    """Out-of-fold class probabilities of the board's best pipeline, on the board's folds.
-
-    Each fold refits a clone of ``board.best_estimator_``; its embedding step
-    reads cached vectors (store or process memo), so no image is forwarded again.
-    Images the board left out (``board.dropped_``: unreadable) are in no fold;
-    their rows are NaN, so the result still lines up with ``sources``.
-    """
-    from sklearn.model_selection import cross_val_predict
-
-    n = len(sources)
-    covered = np.unique(np.concatenate([np.asarray(te) for _, te in board.splits]))
-    position = np.full(n, -1)
-    position[covered] = np.arange(len(covered))
-    splits = [(position[np.asarray(tr)], position[np.asarray(te)]) for tr, te in board.splits]
-    data = np.empty(len(covered), dtype=object)
-    data[:] = [sources[i] for i in covered]
-    proba = cross_val_predict(board.best_estimator_, data, np.asarray(y)[covered], cv=splits,
-                              method="predict_proba")
-    out = np.full((n, proba.shape[1]), np.nan)
-    out[covered] = proba
-    return out
 
 
 def most_confidently_wrong(y_true, proba, k: int = 12) -> List[int]:

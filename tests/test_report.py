@@ -77,7 +77,7 @@ def test_summary_and_wrong_ranking():
 def test_report_files_and_escaping(board_and_data, tmp_path):
     board, images, y = board_and_data
     names = ["plain", EVIL, "Ünïcode & co"]
-    proba = featx.report.out_of_fold_proba(board, list(images), y)
+    proba = board.out_of_fold_proba(list(images), y)
     path = write_report(tmp_path, board, sources=list(images), y=y, class_names=names,
                         proba=proba, history={"loss": [1.0, 0.5], "val_loss": [1.1, 0.7],
                                               "accuracy": [0.5, 0.8], "val_accuracy": [0.4, 0.7]})
@@ -95,7 +95,7 @@ def test_report_files_and_escaping(board_and_data, tmp_path):
 def test_report_opens_in_a_browser_with_all_images_and_no_errors(board_and_data, tmp_path):
     board, images, y = board_and_data
     names = ["plain", EVIL, "third"]
-    proba = featx.report.out_of_fold_proba(board, list(images), y)
+    proba = board.out_of_fold_proba(list(images), y)
     path = write_report(tmp_path, board, sources=list(images), y=y, class_names=names,
                         proba=proba)
     seen = open_in_chromium(path)
