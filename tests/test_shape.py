@@ -41,7 +41,7 @@ KNOWN_DEBT = {
 }
 
 # Private modules every room may use: process-wide helpers with no state of their own.
-SHARED_PRIVATE_MODULES = {"featx._env"}
+SHARED_PRIVATE_MODULES = {"featx._env", "featx._params"}
 # A module outside a package that belongs to a room (it lives apart only so that
 # starting it does not import the room's package).
 ROOM_OF = {"featx._decode_worker": "engine"}
