@@ -9,7 +9,7 @@ EXTRAS ?= cpu,jax,weights,datasets,dask,dev
 DEMO_OUT ?= reports/elpv
 PYTEST_ARGS ?=
 
-.PHONY: install demo photos test test-all bench clean
+.PHONY: install demo photos test test-all load-check bench clean
 
 $(STAMP): pyproject.toml setup.cfg
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,12 @@ TORTURE_ENV ?= FEATX_TORTURE_KILLS=20 FEATX_HYPOTHESIS_PROFILE=torture \
 torture: install
 	$(TORTURE_ENV) $(PY) -m pytest -m "slow or not slow" tests/robustness $(PYTEST_ARGS)
 	$(PY) tests/robustness/make_table.py --results build/reliability > build/reliability/table.md
+
+# Tests that can fail only for the right reason: the store and backbone tests, RUNS times
+# under CPU burners (as `stress --cpu 4`); fails when any outcome differs between runs.
+RUNS ?= 20
+load-check: install
+	$(PY) tests/load_check.py --runs $(RUNS) --burners 4 -- tests/test_store.py tests/test_backbones.py
 
 bench: install
 	$(PY) benchmarks/bench_extract.py
