@@ -1110,8 +1110,10 @@ def decode_image(source: Source | str | os.PathLike | bytes | np.ndarray,
     ------
     ImageDecodeError
         Unreadable, empty, unidentified, truncated or corrupt files, images
-        above ``PIL.Image.MAX_IMAGE_PIXELS``, arrays that are not ``uint8``
-        images, or an invalid ``size``/``policy``. The message names the source.
+        above ``PIL.Image.MAX_IMAGE_PIXELS``, or arrays that are not ``uint8``
+        images. The message names the source.
+    InvalidParameterError
+        ``size`` is not two positive integers, or ``policy`` is unknown.
 
     Examples
     --------

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image, ImageOps
 
 import featx.images as images
-from featx.errors import FeatxError, ImageDecodeError
+from featx.errors import FeatxError, ImageDecodeError, InvalidParameterError
 from featx.images import (
     IMAGE_EXTENSIONS,
     Source,
@@ -238,9 +238,10 @@ def test_non_square_target_is_height_width(tmp_path):
     ((10, 10), "stretch"),
 ])
 def test_bad_size_or_policy(size, policy):
-    with pytest.raises(ImageDecodeError, match="must be"):
+    """A bad option is a parameter error (a ValueError), not a broken image."""
+    with pytest.raises(InvalidParameterError, match="must be"):
         check_decode_options(size, policy)
-    with pytest.raises(ImageDecodeError, match="must be"):
+    with pytest.raises(InvalidParameterError, match="must be"):
         decode_image(np.zeros((4, 4), np.uint8), size, policy=policy)
 
 
