@@ -8,6 +8,10 @@ STAMP  := $(VENV)/.featx-installed
 EXTRAS ?= cpu,jax,weights,datasets,dask,dev
 DEMO_OUT ?= reports/elpv
 PYTEST_ARGS ?=
+# Test files run in parallel, one worker per core (pytest-xdist; `TEST_WORKERS=0` runs them
+# in this process). A file's tests stay on one worker, so its module fixtures are built once.
+TEST_WORKERS ?= auto
+PARALLEL := -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: install demo photos test test-all load-check bench clean
 
@@ -32,8 +36,8 @@ demo: install
 # The backend_smoke subset runs a second time under JAX: the engine and the
 # backbones must stay backend-neutral (GPU machines may have no TensorFlow).
 test: install
-	$(PY) -m pytest -m "not slow and not gpu and not network" tests featx --doctest-modules \
-		$(PYTEST_ARGS); \
+	$(PY) -m pytest $(PARALLEL) -m "not slow and not gpu and not network" tests featx \
+		--doctest-modules $(PYTEST_ARGS); \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; \
 	[ $$rc -eq 0 ] || exit $$rc; \
 	KERAS_BACKEND=jax $(PY) -m pytest -m "backend_smoke and not slow" -p no:cacheprovider $(PYTEST_ARGS); \
@@ -43,7 +47,8 @@ photos: install
 	$(PY) examples/classify_photos.py
 
 test-all: install
-	$(PY) -m pytest -m "not gpu and not network" tests featx --doctest-modules $(PYTEST_ARGS); \
+	$(PY) -m pytest $(PARALLEL) -m "not gpu and not network" tests featx --doctest-modules \
+		$(PYTEST_ARGS); \
 	rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
 # Robustness at full strength: 20 SIGKILLs, 1000 fuzz examples per property, more
