@@ -25,6 +25,12 @@ SIZE = (24, 24)
 CHILD_TIMEOUT_S = 120
 
 
+def _interruptible() -> None:
+    """In a child before exec: the default SIGINT disposition, as under a terminal
+    (pytest-xdist workers ignore SIGINT, and exec keeps an ignored signal ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -189,7 +195,7 @@ def test_ctrl_c_reaches_the_parent_and_ends_the_workers(tmp_path):
     script.write_text(CTRL_C_CHILD)
     # Its own process group, as a terminal's foreground job: Ctrl-C goes to every member.
     proc = subprocess.Popen([sys.executable, str(script), str(listing)], stdout=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, preexec_fn=_interruptible)
     pids = []
     try:
         for line in proc.stdout:

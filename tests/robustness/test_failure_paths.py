@@ -41,6 +41,14 @@ CI_BACKBONE = ["--backbone", "mobilenet_v2", "--weights", "none", "--input-size"
 HANG_BOUND_S = 30.0
 
 
+def interruptible() -> None:
+    """In a child before exec: Ctrl-C as a terminal delivers it (default disposition).
+
+    pytest-xdist workers ignore SIGINT, and an ignored signal stays ignored across exec,
+    so without this a child of a worker would never see the test's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def featx_cli(*args, cwd=None, timeout=180, env=None):
     """``featx ARGS`` in a fresh interpreter, as a user types it; never hangs the suite."""
     full_env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
@@ -223,7 +231,8 @@ def test_one_ctrl_c_exits_130_with_the_count_committed(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     proc = subprocess.Popen([sys.executable, "-m", "featx.cli", "embed", str(tmp_path / "imgs"),
                              "--cache", str(store), "--batch-size", "8", "-q", *CI_BACKBONE],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=interruptible)
     try:
         deadline = time.monotonic() + 120
         while not store.exists() and time.monotonic() < deadline and proc.poll() is None:
