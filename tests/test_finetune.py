@@ -31,9 +31,11 @@ from PIL import Image
 from sklearn.base import clone
 
 import featx
-import featx.finetune as finetune
+import featx.finetune._estimator as finetune  # private helpers are tested directly
+from featx._env import import_keras
 from featx.errors import FeatxError, ImageDecodeError
-from featx.finetune import FineTuneClassifier, _set_phase, unfreeze_candidates
+from featx.finetune import FineTuneClassifier, unfreeze_candidates
+from featx.finetune._estimator import _set_phase
 
 SIZE = 32
 NAME = "mobilenet_v2"
@@ -45,7 +47,7 @@ TOP5 = ["block_15_project", "block_16_expand", "block_16_depthwise", "block_16_p
 
 
 def _bn(layer):
-    return isinstance(layer, featx.finetune.import_keras().layers.BatchNormalization)
+    return isinstance(layer, import_keras().layers.BatchNormalization)
 
 
 def _base(model):
@@ -94,7 +96,7 @@ def _weights_by_layer(model):
 
 @contextlib.contextmanager
 def _eager_keras():
-    keras = finetune.import_keras()
+    keras = import_keras()
     original = keras.Model.compile
 
     def compile_eagerly(self, *args, **kwargs):
@@ -264,7 +266,7 @@ def test_batchnorm_stays_in_inference_mode_unless_training_from_scratch(weights,
 def test_base_runs_in_inference_mode_even_inside_a_training_call():
     """Keras 3 overrides a nested model's recorded training=False (keras#20285); the
     wrapper must not let it: the base's output is the same in training and inference."""
-    keras = finetune.import_keras()
+    keras = import_keras()
     inp = keras.Input((4,))
     inner = keras.Model(inp, keras.layers.Dropout(0.9, seed=1)(inp))
     outer_in = keras.Input((4,))
@@ -355,7 +357,7 @@ def test_phase1_on_vectors_trains_the_head_on_the_engines_vectors(weights_file, 
                for a, b in zip(before[name], after[name]))
 
     vectors = featx.Embedder(bb).embed(x)
-    keras = finetune.import_keras()
+    keras = import_keras()
     head_in = keras.Input((vectors.shape[1],))
     h = head_in
     for name in ("head_dropout", "head_dense_1", "head_dropout_1", "classifier"):

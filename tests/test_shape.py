@@ -31,9 +31,10 @@ KNOWN_DEBT = {
     "function featx/distributed.py::embed_distributed": "split into plan → dispatch → merge",
     "parameters featx/distributed.py::embed_distributed": "a BackboneConfig replaces six "
                                                           "build keywords",
-    "function featx/finetune.py::_classes": "finetune/ package: the Keras layers at module level",
-    "function featx/finetune.py::FineTuneClassifier.fit": "finetune/: a trainer with Phase objects",
-    "class featx/finetune.py::FineTuneClassifier": "finetune/: trainer and persistence move out",
+    "function featx/finetune/_estimator.py::FineTuneClassifier.fit": "a trainer with Phase "
+                                                                     "objects",
+    "class featx/finetune/_estimator.py::FineTuneClassifier": "trainer and persistence move "
+                                                              "out",
     "function featx/baseline.py::baseline": "run_baseline() -> BaselineResult",
     "parameters featx/baseline.py::baseline": "run_baseline() -> BaselineResult",
     "parameters featx/baseline.py::Leaderboard.__init__": "BaselineResult, a dataclass",

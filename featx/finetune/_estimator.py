@@ -1,97 +1,13 @@
-"""``FineTuneClassifier``: fine-tune a featx backbone end to end, as a scikit-learn classifier.
-
-The embedding path (:mod:`featx.engine`) keeps the backbone frozen and trains
-scikit-learn heads on cached vectors. This module is the one other consumer of
-pixels: it trains a Keras model on them, in the two phases of Keras'
-transfer-learning guide, so a user can see what fine-tuning buys over the
-frozen vectors on the same data.
-
-The model
----------
-``pixels [0, 255] → augment → preprocess → base → Dropout → Dense(ReLU)… → softmax``
-
-* **Augmentation** is a ``keras.Sequential`` named ``"augment"`` of Keras'
-  random layers. They act only when the model runs with ``training=True``
-  (inside ``fit``); prediction sees the pixels as they are.
-* **Preprocessing** is inside the model (:class:`ImagePreprocessing`, the
-  backbone's own channel order, mean and std as ``keras.ops``), so a saved
-  ``.keras`` file takes raw pixels and cannot be fed wrongly preprocessed data.
-* **The base** is the backbone's Keras model inside :class:`InferenceBase`, a
-  wrapper that calls it with ``training=False``.
-
-Why a wrapper, and BatchNormalization
--------------------------------------
-Keras' fine-tuning guide builds ``x = base_model(x, training=False)`` so that
-BatchNormalization keeps its ImageNet statistics while the layers around it
-are fine-tuned. In Keras 3 that argument is overridden: a Functional model
-injects its own ``training`` value into every node it runs (keras-team/keras
-issue 20285), so inside ``fit`` the nested base runs with ``training=True``.
-BatchNormalization is still safe when its layers are not trainable (Keras 3's
-BN uses batch statistics only when ``training and self.trainable``), but any
-Dropout or stochastic-depth layer inside the base would switch on. featx
-therefore does both:
-
-* the base is called through :class:`InferenceBase`, whose ``call`` passes
-  ``training=False`` explicitly (an explicit argument wins over the context),
-  so the whole pretrained base — BN, dropout, everything — runs in inference
-  mode in both phases; and
-* every BatchNormalization layer of the base stays ``trainable=False``, so its
-  gamma and beta are not trained either, and its moving mean and variance are
-  never updated.
-
-The one exception is **training from scratch** — ``weights=None`` together
-with ``unfreeze="all"``: there are no statistics worth preserving, and BN that
-never leaves its initial ``mean=0, var=1`` would just be a fixed affine map. The
-wrapper then passes ``training`` through and the BN layers are trainable, so BN
-normalises with batch statistics and learns its moving averages, as in any
-model trained from zero. (Phase 1 of such a run trains the head on a frozen
-random base; ``epochs=(0, n)`` skips it.)
-
-What ``unfreeze=N`` counts
---------------------------
-``N`` is the number of **weight-bearing, non-BatchNormalization layers** of the
-base, counted from its output end in ``base.layers`` order: convolutions,
-depthwise convolutions, dense layers. Layers without weights (activations,
-``Add``, padding, pooling) and BN layers are not counted, because unfreezing
-them trains nothing. So ``unfreeze=5`` always means five layers whose weights
-learn — for MobileNetV2 the last five convolutions (``Conv_1``,
-``block_16_project``, ``block_16_depthwise``, ``block_16_expand``,
-``block_15_project``). Keras' guide instead slices ``base.layers[-N:]``,
-counting every layer; MobileNetV2's "fine-tune from layer 100" in the TF
-tutorial (54 of 155 layers) is ``unfreeze=18`` here. A count above the number
-of such layers unfreezes them all. ``"all"`` unfreezes every layer (BN still
-excepted, see above); the layers actually unfrozen are listed in
-``unfrozen_layers_``.
-
-Data
-----
-Images are decoded by :func:`featx.images.decode_image` — the engine's
-decoder — one batch at a time in a :class:`keras.utils.PyDataset` (a thread
-pool decodes the batch), so a dataset never has to fit in memory. The
-validation split is stratified; early stopping watches ``val_loss`` and
-restores the best weights of each phase. When phase 2 never reaches phase 1's
-best ``val_loss``, the weights phase 1 ended with are put back (``phases_``
-says ``kept=False``): with little data, unfreezing can make a model worse, and
-the validation split is there to notice.
-
-With ``phase1="vectors"`` phase 1 does not see pixels at all: the engine
-embeds every image once (optionally through an :class:`featx.EmbeddingStore`)
-and a model made of the head's own layers trains on those vectors. This is
-the "feature extraction" variant of Keras' guide; on 2 CPU cores it turns a
-phase-1 epoch over 2,000 images at 224 px from about 45 s into well under a
-second, so the head converges before phase 2 starts moving the base.
-"""
+"""``FineTuneClassifier`` and its helpers (see :mod:`featx.finetune`)."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import logging
-import math
 import numbers
 import os
 import tempfile
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -101,9 +17,9 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
 from sklearn.preprocessing import LabelEncoder
 
-from ._env import import_keras
-from .errors import FeatxError, InvalidDataError, InvalidParameterError
-from .images import RESIZE_POLICIES, as_sources
+from .._env import import_keras
+from ..errors import FeatxError, InvalidDataError, InvalidParameterError
+from ..images import RESIZE_POLICIES, as_sources
 
 __all__ = ["FineTuneClassifier", "AUGMENTATIONS", "custom_objects", "load", "unfreeze_candidates"]
 
@@ -131,184 +47,17 @@ _HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 @functools.lru_cache(maxsize=None)
 def _classes():
-    """The Keras classes of this module, defined on first use.
+    """The Keras classes of fine-tuning (``featx/finetune/_keras.py``), imported on first use.
 
-    Keras is imported lazily throughout featx (``featx backbones`` works without
-    a backend), and these classes subclass Keras types, so they are made here.
-    Registering them as ``featx>…`` lets a ``.keras`` file load once this
-    function has run (:func:`load` and unpickling call it).
+    Keras is imported lazily throughout featx (``featx backbones`` works without a
+    backend); importing ``_keras`` imports it and registers the classes as
+    ``featx>…``, so a ``.keras`` file loads once this has run (:func:`load` and
+    unpickling call it).
     """
-    keras = import_keras()
-    ops = keras.ops
+    from . import _keras
 
-    @keras.saving.register_keras_serializable(package="featx")
-    class ImagePreprocessing(keras.layers.Layer):
-        """``(x[..., order] - mean) / std``: a featx preprocessing mode as a layer.
-
-        Computes exactly what :meth:`featx.Backbone.preprocess` computes in numpy,
-        with ``keras.ops``, so the preprocessing travels inside a saved model.
-        """
-
-        def __init__(self, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), bgr=False, **kwargs):
-            super().__init__(**kwargs)
-            self.mean = tuple(float(m) for m in mean)
-            self.std = tuple(float(s) for s in std)
-            self.bgr = bool(bgr)
-
-        def call(self, inputs):
-            x = ops.cast(inputs, self.compute_dtype)
-            if self.bgr:
-                x = ops.flip(x, axis=-1)
-            # Same operation order as the numpy path (subtract, then divide).
-            x = x - ops.convert_to_tensor(self.mean, dtype=self.compute_dtype)
-            return x / ops.convert_to_tensor(self.std, dtype=self.compute_dtype)
-
-        def compute_output_shape(self, input_shape):
-            return input_shape
-
-        def get_config(self):
-            return {**super().get_config(), "mean": list(self.mean), "std": list(self.std),
-                    "bgr": self.bgr}
-
-    @keras.saving.register_keras_serializable(package="featx")
-    class InferenceBase(keras.layers.Layer):
-        """Runs a nested backbone model with ``training=False`` (when ``inference``).
-
-        Keras 3 Functional models override a ``training=False`` recorded on a
-        nested model's node with the outer call's value; an explicit argument
-        inside a layer's ``call`` is not overridden. See the module docstring.
-        """
-
-        def __init__(self, base, inference=True, **kwargs):
-            super().__init__(**kwargs)
-            self.base = base
-            self.inference = bool(inference)
-
-        def build(self, input_shape):
-            if not self.base.built:
-                self.base.build(input_shape)
-            self.built = True
-
-        def call(self, inputs, training=None):
-            return self.base(inputs, training=False if self.inference else training)
-
-        def compute_output_shape(self, input_shape):
-            return self.base.compute_output_shape(input_shape)
-
-        def get_config(self):
-            return {**super().get_config(), "inference": self.inference,
-                    "base": keras.saving.serialize_keras_object(self.base)}
-
-        @classmethod
-        def from_config(cls, config):
-            config = dict(config)
-            config["base"] = keras.saving.deserialize_keras_object(config["base"])
-            return cls(**config)
-
-    class ImageBatches(keras.utils.PyDataset):
-        """Batches of decoded pixels (float32 in [0, 255]) and labels, decoded on demand.
-
-        Parameters
-        ----------
-        items : list of Source
-        labels : numpy.ndarray of int, or None
-            None for prediction: batches are then ``(pixels,)``.
-        size : int
-            Square side the decoder resizes to.
-        batch_size : int
-        policy : str
-            Resize policy of :func:`featx.images.decode_image`.
-        shuffle : bool
-            Draw a new order every epoch (from ``seed``); Keras does not shuffle
-            a PyDataset itself.
-        seed : int or None
-        threads : int
-            Decoder threads per batch (Pillow releases the GIL while decoding).
-
-        The first decode error is kept in ``error`` and re-raised by the caller:
-        with the TensorFlow backend, ``fit`` reads a PyDataset through
-        ``tf.data``, which turns a Python exception into a TF error that no
-        longer is a :class:`~featx.errors.FeatxError`.
-        """
-
-        def __init__(self, items, labels, *, size, batch_size, policy="squash",
-                     shuffle=False, seed=None, threads=2):
-            # workers=1: no Keras enqueuer; tf.data prefetches one batch ahead,
-            # and the batch itself is decoded by our threads.
-            super().__init__(workers=1, use_multiprocessing=False)
-            self.items = list(items)
-            self.labels = None if labels is None else np.asarray(labels, dtype=np.int32)
-            self.size = int(size)
-            self.batch_size = int(batch_size)
-            self.policy = policy
-            self.shuffle = bool(shuffle)
-            self._rng = np.random.RandomState(seed)
-            self.order = np.arange(len(self.items))
-            if self.shuffle:
-                self._rng.shuffle(self.order)
-            self.threads = max(1, int(threads))
-            self.error: Optional[BaseException] = None
-            self._pool = None
-            self._lock = threading.Lock()
-
-        def __len__(self):
-            return math.ceil(len(self.items) / self.batch_size)
-
-        def pixels(self, index: int) -> np.ndarray:
-            """Decoded pixels of batch ``index``, float32 ``(b, size, size, 3)``."""
-            from .engine import DecodePool
-
-            idx = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-            with self._lock:
-                if self._pool is None:
-                    self._pool = DecodePool((self.size, self.size), self.policy, self.threads)
-            results = list(self._pool.map([self.items[i] for i in idx]))
-            error = next((r.error for r in results if r.error is not None), None)
-            if error is not None:
-                with self._lock:
-                    if self.error is None:
-                        self.error = error
-                raise error
-            return np.stack([r.pixels for r in results]).astype(np.float32)
-
-        def __getitem__(self, index):
-            x = self.pixels(index)
-            if self.labels is None:
-                return (x,)
-            idx = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-            return x, self.labels[idx]
-
-        def on_epoch_end(self):
-            if self.shuffle:
-                self._rng.shuffle(self.order)
-
-        def close(self):
-            if self._pool is not None:
-                self._pool.close()
-                self._pool = None
-
-    class VectorBatches(keras.utils.PyDataset):
-        """In-memory (vectors, labels) batches, reshuffled each epoch by a seeded generator
-        (``fit(shuffle=True)`` on arrays would draw from the backend's unseeded RNG)."""
-
-        def __init__(self, x, y, batch_size, seed):
-            super().__init__()
-            self.x, self.y, self.batch_size = x, y, int(batch_size)
-            self._rng = np.random.RandomState(seed)
-            self.order = self._rng.permutation(len(x))
-
-        def __len__(self):
-            return math.ceil(len(self.x) / self.batch_size)
-
-        def __getitem__(self, index):
-            idx = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-            return self.x[idx], self.y[idx]
-
-        def on_epoch_end(self):
-            self._rng.shuffle(self.order)
-
-    return dict(ImagePreprocessing=ImagePreprocessing, InferenceBase=InferenceBase,
-                ImageBatches=ImageBatches, VectorBatches=VectorBatches)
+    return dict(ImagePreprocessing=_keras.ImagePreprocessing, InferenceBase=_keras.InferenceBase,
+                ImageBatches=_keras.ImageBatches, VectorBatches=_keras.VectorBatches)
 
 
 def custom_objects() -> Dict[str, type]:
@@ -650,7 +399,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
 
     def _build(self, bb, n_classes: int, p: dict, from_scratch: bool):
         keras = import_keras()
-        from .backbones.weights import seeded_init
+        from ..backbones.weights import seeded_init
 
         c = _classes()
         seed = p["seed"]
@@ -709,7 +458,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         from sklearn.model_selection import train_test_split
         from sklearn.utils.class_weight import compute_class_weight
 
-        from .backbones import get_backbone
+        from ..backbones import get_backbone
 
         p = self._checked_params()
         items = as_sources(sources)
@@ -874,8 +623,8 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         layers with ``model``: training it trains the full model's head.
         """
         keras = import_keras()
-        from .engine import Embedder
-        from .store import shared_store
+        from ..engine import Embedder
+        from ..store import shared_store
 
         embedder = Embedder(bb, store=shared_store(self.cache), batch_size=int(self.batch_size),
                             on_error="raise", progress=bool(self.verbose), policy=self.policy)
@@ -913,7 +662,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         Images stream through the same decoder and batches as training, and
         the model runs with ``training=False`` (no augmentation, no dropout).
         """
-        from .engine import PaddedForward
+        from ..engine import PaddedForward
 
         self._check_fitted()
         items = as_sources(sources)
