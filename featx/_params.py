@@ -41,8 +41,8 @@ class Interval:
         number = numbers.Integral if self.kind is int else numbers.Real
         if isinstance(value, bool) or not isinstance(value, number):
             return False
-        return (self.low is None or value >= self.low) and (self.high is None
-                                                             or value <= self.high)
+        above_low = self.low is None or value >= self.low
+        return above_low and (self.high is None or value <= self.high)
 
     def __str__(self) -> str:
         what = "an int" if self.kind is int else "a number"

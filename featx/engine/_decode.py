@@ -128,8 +128,9 @@ class DecodePool:
         if names is None:
             names = [s.describe() if isinstance(s, Source) else None for s in sources]
         if self.kind == "threads" or not sources:
-            return self._threads.map(lambda job: decode_one(job[0], self.size, self.policy,
-                                        job[1]), zip(sources, names))
+            return self._threads.map(
+                lambda job: decode_one(job[0], self.size, self.policy, job[1]),
+                zip(sources, names))
         if self._procs is None:
             self._procs = _ProcessDecoders(self.workers)
         futures = [self._procs.submit((_payload(s), self.size, self.policy, name))

@@ -75,7 +75,6 @@ def _build_forward(model, batch_shape: Tuple[int, ...], jit_compile: bool = Fals
         keras.ops.cast(model(x, training=False), "float32"))
 
 
-
 class PaddedForward:
     """``pixels -> float32 outputs`` at one compiled batch shape; short batches are padded.
 

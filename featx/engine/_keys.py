@@ -48,8 +48,6 @@ class _KeyCache:
 KEYS = _KeyCache()
 
 
-
-
 def key_source(item: Source) -> Tuple[bytes, Optional[bytes]]:
     """``(key, bytes read)`` of one source; bytes are None when no read was needed.
 

@@ -11,6 +11,7 @@ import numpy as np
 
 __all__ = ["MEMO", "clear_memo"]
 
+
 class _Memo:
     """Vectors computed in this process, by (fingerprint, key), with a byte budget.
 
@@ -57,5 +58,3 @@ MEMO = _Memo(int(float(os.environ.get("FEATX_MEMO_MB", "1024")) * 2**20))
 def clear_memo() -> None:
     """Forget every vector the process memo holds (used when ``store=None``)."""
     MEMO.clear()
-
-

@@ -19,7 +19,6 @@ keras = import_keras()
 ops = keras.ops
 
 
-
 @keras.saving.register_keras_serializable(package="featx")
 class ImagePreprocessing(keras.layers.Layer):
     """``(x[..., order] - mean) / std``: a featx preprocessing mode as a layer.
@@ -48,6 +47,7 @@ class ImagePreprocessing(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "mean": list(self.mean), "std": list(self.std),
                 "bgr": self.bgr}
+
 
 @keras.saving.register_keras_serializable(package="featx")
 class InferenceBase(keras.layers.Layer):
@@ -83,6 +83,7 @@ class InferenceBase(keras.layers.Layer):
         config = dict(config)
         config["base"] = keras.saving.deserialize_keras_object(config["base"])
         return cls(**config)
+
 
 class ImageBatches(keras.utils.PyDataset):
     """Batches of decoded pixels (float32 in [0, 255]) and labels, decoded on demand.
@@ -165,6 +166,7 @@ class ImageBatches(keras.utils.PyDataset):
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+
 
 class VectorBatches(keras.utils.PyDataset):
     """In-memory (vectors, labels) batches, reshuffled each epoch by a seeded generator

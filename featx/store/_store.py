@@ -342,4 +342,3 @@ class EmbeddingStore(StoreReads, StoreWrites):
         (True, 1)
         """
         return verify_store(self)
-
