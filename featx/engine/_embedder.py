@@ -352,7 +352,7 @@ class _Run:
             chunk_plan = plan([k for k, *_ in keyed], store, fp, fresh=False)
             self.stats["lookup_s"] += time.perf_counter() - t
             fresh: Dict[bytes, Tuple[Source, Optional[bytes]]] = {}
-            stored: List[bytes] = []
+            hits: Dict[bytes, Tuple[Source, Optional[bytes]]] = {}
             for u in range(len(chunk_plan.keys)):
                 key = chunk_plan.key(u)
                 claimed = [local for local in chunk_plan.members(u)
@@ -368,13 +368,10 @@ class _Run:
                 if vec is not None:
                     self.stats["cache_hits"] += 1
                     self._deliver(key, vec)
-                elif chunk_plan.stored[u]:
-                    stored.append(key)
-                    fresh[key] = (item, data)
                 else:
-                    fresh[key] = (item, data)
-            if stored:
-                self._put_item(_Hits({key: fresh.pop(key) for key in stored}))
+                    (hits if chunk_plan.stored[u] else fresh)[key] = (item, data)
+            if hits:
+                self._put_item(_Hits(hits))
             for key, pixels, error, seconds in self._decode_all(fresh):
                 self.stats["decode_s"] += seconds
                 if error is not None:
