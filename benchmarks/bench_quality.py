@@ -179,10 +179,11 @@ def finetune_rows(data: dict, epochs, batch_size: int, store: str,
     """The two rows ``baseline(finetune=True)`` adds, with the same configurations,
     trained on the search subset."""
     from featx import FineTuneClassifier
-    from featx.baseline import _finetune_configs
+    from featx.leaderboard import finetune_configs
 
-    configs = _finetune_configs("efficientnet_lite0", "packaged", data["size"], batch_size, 0,
-                                {"epochs": tuple(epochs)} if epochs else None, cache=store)
+    settings = dict(backbones=["efficientnet_lite0"], weights="packaged", input_size=data["size"],
+                    batch_size=batch_size, random_state=0, cache=store)
+    configs = finetune_configs(settings, {"epochs": tuple(epochs)} if epochs else None)
     sub = search_subset(data["y_train"], search_limit)
     train, y_train = [data["train"][i] for i in sub], data["y_train"][sub]
     rows = []
@@ -287,7 +288,7 @@ def markdown(results: List[dict], info: dict, quick: bool) -> str:
         "fitted directly. wall s = embedding (train + test, from the store when it already "
         "held them) + search + refit + predict. Every backbone runs at the dataset's one input size (so "
         "Lite2 runs below its native 260 px). The Keras rows are the configurations "
-        "`baseline(finetune=True)` uses (`featx.baseline.FINETUNE_DEFAULTS`: head on the "
+        "`baseline(finetune=True)` uses (`featx.leaderboard.FINETUNE_DEFAULTS`: head on the "
         "stored vectors, then the top 20 layers on augmented images; scratch: "
         "weights=None, unfreeze='all', lr 1e-3, as many image epochs), trained on the "
         "search subset.",

@@ -25,12 +25,16 @@ _LAZY = {
     "Embedder": ("featx.engine", "Embedder"),
     "ImageEmbedder": ("featx.sklearn", "ImageEmbedder"),
     "make_head": ("featx.heads", "make_head"),
-    "baseline": ("featx.baseline", "baseline"),
-    "Leaderboard": ("featx.baseline", "Leaderboard"),
+    "baseline": ("featx.leaderboard", "baseline"),
+    "run_baseline": ("featx.leaderboard", "run_baseline"),
+    "add_finetune_rows": ("featx.leaderboard", "add_finetune_rows"),
+    "BaselineResult": ("featx.leaderboard", "BaselineResult"),
+    "Leaderboard": ("featx.leaderboard", "Leaderboard"),
+    "RAW_PIXELS": ("featx.leaderboard", "RAW_PIXELS"),
     "FineTuneClassifier": ("featx.finetune", "FineTuneClassifier"),
 }
-_SUBMODULES = {"datasets", "images", "store", "engine", "sklearn", "heads", "baseline",
-               "finetune", "report", "distributed", "errors", "backbones"}
+_SUBMODULES = {"datasets", "images", "store", "engine", "sklearn", "heads", "leaderboard",
+               "finetune", "io", "report", "distributed", "errors", "backbones"}
 
 __all__ = ["Backbone", "FeatxError", "decode_predictions", "get_backbone", "list_backbones",
            "__version__", *_LAZY]

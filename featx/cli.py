@@ -251,13 +251,11 @@ def _cmd_baseline(args) -> int:
     import os
     import time
 
-    import numpy as np
-
     from .backbones import get_spec
-    from .baseline import baseline
     from .heads import resolve_kind
+    from .io import save_bundle
+    from .leaderboard import add_finetune_rows, run_baseline
     from .report import write_report
-    from .sklearn import save_bundle
 
     for name in args.backbone:
         get_spec(name)
@@ -269,55 +267,34 @@ def _cmd_baseline(args) -> int:
     _check_classes(y, names, args.cv, "baseline")
     os.makedirs(args.out, exist_ok=True)
     cache = args.cache or os.path.join(args.out, "embeddings.h5")
-    say = (lambda *a: None) if (args.quiet or args.json) else (lambda *a: print(*a, flush=True))
+    quiet = args.quiet or args.json
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     say(f"featx baseline: {len(sources)} images, {len(names)} classes from {described}; "
         f"backbones {', '.join(args.backbone)}; heads {', '.join(args.head)}; "
         f"{args.cv}-fold CV; cache {cache}"
         + (f"; + fine-tuned and scratch {args.backbone[0]} on fold 0" if args.finetune else ""))
-    finetune_params = None
-    if args.finetune and args.finetune_epochs:
-        finetune_params = {"epochs": tuple(args.finetune_epochs)}
-    if args.finetune and not (args.quiet or args.json):
+    result = run_baseline(sources, y, backbones=args.backbone, heads=args.head, cv=args.cv,
+                          cache=cache, weights=_weights_arg(args.weights),
+                          input_size=args.input_size, batch_size=args.batch_size,
+                          n_jobs=args.jobs, progress=not quiet, test=test)
+    if args.finetune:
+        params = {"epochs": tuple(args.finetune_epochs)} if args.finetune_epochs else {}
         # Keras' one line per epoch: the only progress a minutes-long training shows.
-        finetune_params = {**(finetune_params or {}), "verbose": 2}
-    board = baseline(sources, y, backbones=args.backbone, heads=args.head, cv=args.cv,
-                     cache=cache, weights=_weights_arg(args.weights), input_size=args.input_size,
-                     batch_size=args.batch_size, n_jobs=args.jobs,
-                     progress=not (args.quiet or args.json), test=test,
-                     finetune=args.finetune, finetune_params=finetune_params)
-    searched = time.perf_counter() - started
+        result = add_finetune_rows(result, {**params, **({} if quiet else {"verbose": 2})})
+    board, searched = result.board, time.perf_counter() - started
     # Images that could not be read are in no fold, no score, no figure: the same set
     # everywhere, listed once on the console and in the report.
-    skipped = [(src, board.dropped_reasons_.get(i, "not decodable")) for i, src in board.dropped_]
-    if test is not None:
-        left_out = {i for i, _, _ in board.test_dropped_}
-        keep = [i for i in range(len(test[0])) if i not in left_out]
-        eval_sources, eval_y = [test[0][i] for i in keep], np.asarray(test[1])[keep]
-        skipped += [(src, why) for _, src, why in board.test_dropped_]
-        proba = board.best_estimator_.predict_proba(_objects(eval_sources))
-        evaluated_on = f"the held-out test split ({len(eval_sources)} images)"
-    else:
-        proba = board.out_of_fold_proba(sources, y)
-        keep = np.flatnonzero(np.isfinite(proba).all(axis=1))
-        eval_sources, eval_y, proba = [sources[i] for i in keep], np.asarray(y)[keep], proba[keep]
-        evaluated_on = f"out-of-fold predictions of the same {args.cv} folds"
-    for src, why in skipped:
+    for src, why in result.skipped:
         say(f"skipped {src}: {why}")
-    model_path = os.path.join(args.out, "best_model.joblib")
-    save_bundle(model_path, board.best_estimator_, names, cache)
-    report = write_report(args.out, board, sources=eval_sources, y=eval_y, class_names=names,
-                          proba=proba, evaluated_on=evaluated_on,
+    model_path = save_bundle(os.path.join(args.out, "best_model.joblib"), board.best_estimator_,
+                             names, cache)
+    report = write_report(args.out, result, class_names=names,
                           title=f"featx baseline — {described}",
-                          # Training curves of the fine-tuned row (None without --finetune).
-                          history=board.histories_.get((get_spec(args.backbone[0]).name,
-                                                        "fine-tuned")),
-                          timings={"total (embed + search)": searched,
-                                   "report": time.perf_counter() - started - searched},
-                          skipped=skipped)
+                          timings={"total (embed + search)": searched})
     if args.json:
         _print_json({"rows": board.rows, "report": str(report), "model": model_path,
                      "cache": cache, "seconds": time.perf_counter() - started,
-                     "skipped": [{"source": src, "reason": why} for src, why in skipped]})
+                     "skipped": [{"source": src, "reason": why} for src, why in result.skipped]})
     elif not args.quiet:
         print()
         print(board.to_markdown())
@@ -352,7 +329,7 @@ def _cmd_predict(args) -> int:
 
     import numpy as np
 
-    from .sklearn import load_bundle
+    from .io import load_bundle
 
     _require_file(args.model, "predict")
     if args.out and os.path.isdir(args.out):

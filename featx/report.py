@@ -1,8 +1,8 @@
 """The baseline report: metrics, plots and one self-contained HTML file.
 
-Inputs are plain data — a :class:`~featx.baseline.Leaderboard`, the labels, the
-best model's out-of-fold (or held-out) probabilities — so the report never
-re-runs a model.  Plots use matplotlib's object API with the Agg canvas (no
+Input is plain data — a :class:`~featx.BaselineResult`: the board's rows, the
+best model's out-of-fold (or held-out) probabilities, the images left out — so
+the report never re-runs a model and needs no pandas.  Plots use matplotlib's object API with the Agg canvas (no
 pyplot state, no display needed).  Every user-controlled string (class names,
 file names, parameters) goes through :func:`html.escape`; images are embedded
 as base64 data URIs, so the HTML opens anywhere as one file, and the same
@@ -19,7 +19,7 @@ import os
 import platform
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -222,31 +222,30 @@ def _img(name: str, data: bytes, alt: str) -> str:
     return f'<img alt="{_esc(alt)}" title="{_esc(name)}" src="data:image/png;base64,{encoded}">'
 
 
-def write_report(out_dir, board, *, sources, y, class_names: Sequence[str], proba=None,
-                 evaluated_on: str = "out-of-fold predictions", title: str = "featx baseline",
-                 dataset_name: Optional[str] = None, history: Optional[Dict[str, list]] = None,
-                 timings: Optional[Dict[str, float]] = None, n_wrong: int = 12,
-                 skipped: Sequence[Tuple[str, str]] = ()) -> Path:
+def write_report(out_dir, result, *, class_names: Optional[Sequence[str]] = None,
+                 title: str = "featx baseline", dataset_name: Optional[str] = None,
+                 timings: Optional[Dict[str, float]] = None, n_wrong: int = 12) -> Path:
     """Write ``index.html`` (self-contained) and the figures as PNG files into ``out_dir``.
+
+    Everything comes from ``result``, plain data: the board's rows, the best
+    row's probabilities and where they come from, the images left out, the
+    fine-tuning curves. The report runs no model.
 
     Parameters
     ----------
     out_dir : path
-    board : Leaderboard
-    sources, y : the evaluated images and their int labels (indices into ``class_names``)
-    class_names : sequence of str
-    proba : ndarray (n, n_classes), optional
-        The best model's probabilities for ``sources`` (out-of-fold, or on a
-        held-out split); without it the per-model figures are left out.
-    evaluated_on : str
-        Says where ``proba`` comes from, shown in the report.
-    history : dict, optional
-        Training curves (``loss``, ``val_loss``, ``accuracy``, ``val_accuracy``).
+    result : BaselineResult
+        From :func:`~featx.run_baseline` (or :func:`~featx.add_finetune_rows`).
+    class_names : sequence of str, optional
+        Names of integer class labels (``class_names[c]`` for each ``c`` in
+        ``result.board.classes_``, as ``featx baseline`` trains on indices);
+        default ``str(c)``.
+    title : str
+    dataset_name : str, optional
     timings : dict, optional
         Stage name → seconds.
-    skipped : sequence of (source, reason)
-        Images left out because they could not be read or decoded; listed in
-        the report so nobody has to search the console for them.
+    n_wrong : int, default 12
+        How many of the most confidently wrong images to show.
 
     Returns
     -------
@@ -255,14 +254,27 @@ def write_report(out_dir, board, *, sources, y, class_names: Sequence[str], prob
 
     Examples
     --------
-    >>> # see tests/test_report.py and `featx baseline --out DIR`
+    >>> import tempfile, numpy as np, featx
+    >>> from featx.report import write_report
+    >>> rng = np.random.RandomState(0)
+    >>> images = rng.randint(0, 120, (24, 32, 32, 3)).astype(np.uint8)
+    >>> images[12:] += 120
+    >>> y = np.repeat(["dark", "light"], 12)
+    >>> result = featx.run_baseline(images, y, backbones=["mobilenet_v2"], heads=["logreg"],
+    ...                             weights=None, input_size=32, cv=3)
+    >>> write_report(tempfile.mkdtemp(), result).name
+    'index.html'
     """
     from sklearn.metrics import classification_report, confusion_matrix
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    y = np.asarray(y)
-    names = [str(c) for c in class_names]
+    board, evaluation = result.board, result.evaluation
+    classes = np.asarray(board.classes_)
+    names = [str(class_names[int(c)]) if class_names is not None else str(c) for c in classes]
+    sources, proba = list(evaluation.sources), evaluation.proba
+    y = np.searchsorted(classes, np.asarray(evaluation.y))
+    evaluated_on, history, skipped = evaluation.described, result.history, result.skipped
     parts: List[str] = []
     figures: Dict[str, bytes] = {}
 
@@ -364,8 +376,7 @@ def _label(source, index: int) -> str:
 
 
 def _board_rows(board) -> List[dict]:
-    frame = board.to_frame()
-    rows = frame.to_dict(orient="records")
+    rows = board.to_records()
     for row in rows:
         for key, value in list(row.items()):
             if isinstance(value, dict):

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import featx
-from featx.baseline import RAW_PIXELS, Leaderboard
+from featx.leaderboard import RAW_PIXELS, Leaderboard
 from featx.errors import FeatxError
 from featx.heads import HeadError
 from featx.sklearn import ImageEmbedder
@@ -223,11 +223,34 @@ def test_bad_arguments_fail_before_any_embedding(tree):
         featx.baseline(paths, np.zeros(len(paths)), **SMALL)
 
 
-def test_featx_baseline_is_callable_even_after_importing_the_module():
-    import featx.baseline as module
+def test_featx_baseline_is_the_function_whatever_was_imported_first():
+    import importlib
+    import types
 
-    assert callable(featx.baseline) and callable(module)
-    assert module.Leaderboard is Leaderboard
+    import featx.leaderboard as room
+
+    assert isinstance(featx.baseline, types.FunctionType) and featx.baseline is room.baseline
+    assert featx.Leaderboard is Leaderboard and featx.run_baseline is room.run_baseline
+    with pytest.raises(ModuleNotFoundError):  # no module shadows the function any more
+        importlib.import_module("featx.baseline")
+
+
+def test_run_baseline_out_of_fold_proba_equals_refitting_the_pipeline_on_images(tree):
+    """The result's probabilities come from the cached vectors; they are exactly what
+    cross_val_predict of the refit image pipeline gives on the same folds."""
+    from sklearn.model_selection import cross_val_predict
+
+    paths, y = tree
+    result = featx.run_baseline(paths, y, heads=["logreg"], cv=3, **SMALL)
+    board, evaluation = result.board, result.evaluation
+    assert evaluation.described == "out-of-fold predictions of the same 3 folds"
+    assert len(evaluation.sources) == len(paths) and result.skipped == []
+    images = np.empty(len(paths), dtype=object)
+    images[:] = paths
+    by_pipeline = cross_val_predict(board.best_estimator_, images, y, cv=board.splits,
+                                    method="predict_proba")
+    np.testing.assert_allclose(evaluation.proba, by_pipeline, atol=1e-12)
+    assert list(evaluation.y) == list(y)
 
 
 def _has_pandas():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -62,9 +63,8 @@ def board_and_data():
     y = np.repeat([0, 1, 2], 12)
     images[12:24] += 70
     images[24:] += 140
-    board = featx.baseline(images, y, backbones=["mobilenet_v2"], heads=["logreg"],
-                           weights=None, input_size=32, cv=3)
-    return board, images, y
+    return featx.run_baseline(images, y, backbones=["mobilenet_v2"], heads=["logreg"],
+                              weights=None, input_size=32, cv=3)
 
 
 def test_summary_and_wrong_ranking():
@@ -75,12 +75,11 @@ def test_summary_and_wrong_ranking():
 
 
 def test_report_files_and_escaping(board_and_data, tmp_path):
-    board, images, y = board_and_data
     names = ["plain", EVIL, "Ünïcode & co"]
-    proba = board.out_of_fold_proba(list(images), y)
-    path = write_report(tmp_path, board, sources=list(images), y=y, class_names=names,
-                        proba=proba, history={"loss": [1.0, 0.5], "val_loss": [1.1, 0.7],
-                                              "accuracy": [0.5, 0.8], "val_accuracy": [0.4, 0.7]})
+    result = dataclasses.replace(board_and_data, history={
+        "loss": [1.0, 0.5], "val_loss": [1.1, 0.7], "accuracy": [0.5, 0.8],
+        "val_accuracy": [0.4, 0.7]})
+    path = write_report(tmp_path, result, class_names=names)
     page = path.read_text(encoding="utf-8")
     for png in ("confusion.png", "roc.png", "pr.png", "training.png"):
         assert (tmp_path / png).stat().st_size > 1000
@@ -93,11 +92,8 @@ def test_report_files_and_escaping(board_and_data, tmp_path):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
 def test_report_opens_in_a_browser_with_all_images_and_no_errors(board_and_data, tmp_path):
-    board, images, y = board_and_data
     names = ["plain", EVIL, "third"]
-    proba = board.out_of_fold_proba(list(images), y)
-    path = write_report(tmp_path, board, sources=list(images), y=y, class_names=names,
-                        proba=proba)
+    path = write_report(tmp_path, board_and_data, class_names=names)
     seen = open_in_chromium(path)
     assert seen["images"] >= 3  # confusion, ROC, PR (+ the wrong-images grid when any)
     assert seen["broken"] == 0

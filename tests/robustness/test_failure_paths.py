@@ -491,7 +491,8 @@ def trained(tmp_path_factory):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
 
-    from featx.sklearn import ImageEmbedder, save_bundle
+    from featx.io import save_bundle
+    from featx.sklearn import ImageEmbedder
 
     root = tmp_path_factory.mktemp("trained")
     src = _labelled_tree(root / "data", n=9)
@@ -739,7 +740,7 @@ def test_commands_print_no_tensorflow_start_up_lines(tmp_path):
 
 
 def test_load_bundle_is_library_api(tmp_path):
-    from featx.sklearn import load_bundle
+    from featx.io import load_bundle
 
     path = tmp_path / "m.joblib"
     _write_numeric_model(path)

@@ -22,12 +22,12 @@ import sys
 import textwrap
 
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
 
 from featx.backbones.torch_legacy import read_legacy_torch
 from featx.errors import FeatxError, UnsafePickleError
+from featx.leaderboard import BaselineResult, Evaluation
 from featx.report import write_report
 
 _MAGIC = 0x1950A86A20F9469CFC6C
@@ -232,10 +232,11 @@ class _Board:
         self.rows = [{"backbone": HOSTILE[0], "head": HOSTILE[1], "accuracy": 0.5,
                       "best_params": {HOSTILE[2]: HOSTILE[3]}}]
         self.best_ = self.rows[0]
+        self.classes_ = np.arange(3)
         self.embed_stats_ = {HOSTILE[4]: {"total_s": 1.0, "forwarded": 3, "cache_hits": 0}}
 
-    def to_frame(self):
-        return pd.DataFrame(self.rows)
+    def to_records(self):
+        return self.rows
 
 
 class _TagAudit(html.parser.HTMLParser):
@@ -273,10 +274,10 @@ def test_report_escapes_hostile_class_and_file_names(tmp_path):
     proba = np.full((n, 3), 0.05)
     proba[np.arange(n), (y + 1) % 3] = 0.9  # all wrong: every file name is listed
     names = HOSTILE[:3]
-    page_path = write_report(tmp_path / "out", _Board(), sources=sources, y=y,
-                             class_names=names, proba=proba, evaluated_on=HOSTILE[5],
-                             title=HOSTILE[3], dataset_name=HOSTILE[6],
-                             timings={HOSTILE[7]: 1.0})
+    result = BaselineResult(board=_Board(), evaluation=Evaluation(sources, y, proba, HOSTILE[5]),
+                            sources=sources, y=y)
+    page_path = write_report(tmp_path / "out", result, class_names=names, title=HOSTILE[3],
+                             dataset_name=HOSTILE[6], timings={HOSTILE[7]: 1.0})
     page = page_path.read_text(encoding="utf-8")
     for s in HOSTILE + [_Board.primary, _Board.cv_description]:
         if s != "javascript:alert(5)":  # harmless as text; only live as a URL
