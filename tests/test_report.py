@@ -99,3 +99,27 @@ def test_report_opens_in_a_browser_with_all_images_and_no_errors(board_and_data,
     assert seen["broken"] == 0
     assert seen["errors"] == [] and seen["alerts"] == []
     assert EVIL in seen["text"]  # shown as text, not run
+
+
+def test_report_of_path_sources_reads_their_headers_and_names_the_files(tmp_path):
+    """The result hands on the caller's paths: the report reads image sizes from the
+    files' headers and lists wrong images by path (a regression: it once got the
+    engine's wrappers and called every image unreadable)."""
+    from PIL import Image
+
+    rng = np.random.RandomState(1)
+    paths, y = [], []
+    for i in range(18):
+        label = i % 2
+        pixels = rng.randint(0, 90, (20, 24, 3)) + 130 * label
+        pixels[:, : 6 * (i % 3)] = rng.randint(0, 255)  # some noise so a few are wrong
+        path = tmp_path / f"img_{i:02d}.png"
+        Image.fromarray(pixels.astype(np.uint8)).save(path)
+        paths.append(str(path))
+        y.append(label)
+    result = featx.run_baseline(paths, np.asarray(y), backbones=["mobilenet_v2"],
+                                heads=["logreg"], weights=None, input_size=32, cv=3)
+    assert result.evaluation.sources == paths and result.sources == paths
+    page = write_report(tmp_path / "out", result, class_names=["a", "b"]).read_text("utf-8")
+    assert "from 18 headers" in page and "min [24, 20]" in page
+    assert "unreadable" not in page

@@ -172,7 +172,9 @@ def _embed_test(test, fronts: Dict[str, object]):
                     len(dropped), len(items))
     keep = ~done.failed
     features = {name: (X[keep], y[keep]) for name, X in done.features.items()}
-    return features, ([items[i] for i in np.flatnonzero(keep)], y[keep]), dropped
+    kept = [s.path if s.path is not None else s.array
+            for s, failed in zip(items, done.failed) if not failed]
+    return features, (kept, y[keep]), dropped
 
 
 def _front(name: str, settings: dict):
@@ -295,6 +297,8 @@ def run_baseline(sources, y=None, *, backbones=("efficientnet_lite0",),
     splits, cv_text = _splits(cv, y_kept, random_state)
     protocol = f"{cv}-fold CV" if isinstance(cv, int) else cv_text.split(" (")[0]
     kept_items = [items[i] for i in kept]
+    # The result hands the caller's own values on (paths stay paths), not engine wrappers.
+    plain = [s.path if s.path is not None else s.array for s in items]
     test_features, test_kept, test_dropped = (_embed_test(test, embedded.fronts)
                                               if test is not None else ({}, None, []))
 
@@ -322,12 +326,12 @@ def run_baseline(sources, y=None, *, backbones=("efficientnet_lite0",),
                         n_samples=len(kept), dropped=dropped, embed_stats=embedded.stats,
                         cv_description=cv_text, test_dropped=test_dropped)
     # 3. The best row's probabilities, from the same vectors: no image forwarded again.
-    evaluation = _evaluation(board, features, kept_items, y_kept, splits,
+    evaluation = _evaluation(board, features, [plain[i] for i in kept], y_kept, splits,
                              (test_features, test_kept) if test is not None else None)
     skipped = [(src, why) for _, src, why in dropped + test_dropped]
     log.info("featx baseline: %d rows in %.1f s; best %s × %s", len(rows),
              time.perf_counter() - start, board.best_["backbone"], board.best_["head"])
-    return BaselineResult(board=board, evaluation=evaluation, sources=items, y=y,
+    return BaselineResult(board=board, evaluation=evaluation, sources=plain, y=y,
                           skipped=skipped, test=test_kept, settings=settings,
                           seconds=time.perf_counter() - start)
 
