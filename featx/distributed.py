@@ -61,7 +61,7 @@ import numpy as np
 
 from .errors import (FeatxError, FingerprintMismatchError, InvalidParameterError,
                      MissingDependencyError, StoreError)
-from .engine import key_source, plan
+from .engine import key_source, plan, vector_fingerprint
 from .images import Source, as_sources
 from .store import EmbeddingStore
 
@@ -481,7 +481,7 @@ def _embed_shard(spec: dict, fingerprint: str, payload: list, shard_path: str,
     except Exception:  # run outside a worker (tests, debugging)
         worker = "local"
     return dict(path=shard_path, worker=worker, pid=os.getpid(), built=built,
-                build_s=build_s if built else 0.0, rows=store.count(fingerprint),
+                build_s=build_s if built else 0.0, rows=store.count(emb.fingerprint),
                 forwarded=int(emb.stats["forwarded"]), resumed=int(emb.stats["cache_hits"]),
                 failures=[(f.index, f.reason) for f in emb.failures_],
                 embed_s=float(emb.stats["total_s"]), forward_s=float(emb.stats["forward_s"]),
@@ -684,11 +684,13 @@ def embed_distributed(sources, backbone, store_path, client=None, *, shard_size:
         client.register_plugin(plugin, name=plugin.name)
     info = client.submit(_describe, spec, pure=False,
                          key=f"featx-describe-{uuid.uuid4().hex[:8]}").result()
-    fp, dim = info["fingerprint"], int(info["dim"])
-    if expected_fp is not None and fp != expected_fp:
+    backbone_fp, dim = info["fingerprint"], int(info["dim"])
+    if expected_fp is not None and backbone_fp != expected_fp:
         raise FingerprintMismatchError(
-            f"the workers build {spec['name']} into fingerprint {fp[:12]}…, the Backbone "
-            f"passed in has {expected_fp[:12]}…: its weights or software differ on the workers")
+            f"the workers build {spec['name']} into fingerprint {backbone_fp[:12]}…, the "
+            f"Backbone passed in has {expected_fp[:12]}…: its weights or software differ on "
+            "the workers")
+    fp = vector_fingerprint(backbone_fp, policy)  # the store group the shards fill
     stats.update(fingerprint=fp, dim=dim)
     if fp in store.fingerprints():
         # Fail before the cluster works for nothing: merge_from would refuse at the end.
@@ -733,7 +735,7 @@ def embed_distributed(sources, backbone, store_path, client=None, *, shard_size:
         shard_keys = missing[a:a + shard_size]  # positions into ukeys
         path = os.path.join(folder, _shard_name(fp, ukeys[shard_keys]))
         payload = [_payload(items[i]) for i in ufirst[shard_keys]]
-        fut = client.submit(_embed_shard, spec, fp, payload, path, store.dtype, batch_size,
+        fut = client.submit(_embed_shard, spec, backbone_fp, payload, path, store.dtype, batch_size,
                             policy, decode_threads, retries=int(retries), pure=False,
                             key=f"{SHARD_TASK_PREFIX}{token}-{a // shard_size:06d}")
         futures[fut] = shard_keys
@@ -929,7 +931,8 @@ def dask_vectors(store_path: Union[str, os.PathLike, EmbeddingStore], fingerprin
     ----------
     store_path : str, os.PathLike or EmbeddingStore
     fingerprint : str
-        The backbone's fingerprint (``stats["fingerprint"]`` of a run).
+        The vectors' fingerprint (``stats["fingerprint"]`` of a run: the backbone's own
+        for ``policy="squash"``).
     keys : sequence of 32-byte bytes
         In the row order wanted (:func:`source_keys`).
     chunk_rows : int, default 65536

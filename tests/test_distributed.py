@@ -259,3 +259,20 @@ def test_argument_errors(client, images, tmp_path):
         fxd.embed_with_cluster(images, SPEC, store)
     with pytest.raises(FeatxError, match="spec"):
         fxd.backbone_spec({"weights": None})
+
+
+def test_a_resize_policy_fills_its_own_group_as_the_embedder_does(client, images, tmp_path):
+    """The driver names the store group as a worker's Embedder does: with
+    policy="crop" the shards' rows land under the crop fingerprint, and a squash run
+    of the same images into the same store forwards them again."""
+    store = str(tmp_path / "emb.h5")
+    bb = featx.get_backbone(**SPEC)
+    _, crop = fxd.embed_distributed(images[:12], SPEC["name"], store, client, shard_size=6,
+                                    weights=None, input_size=32, policy="crop")
+    assert crop["fingerprint"] == featx.Embedder(bb, policy="crop").fingerprint != bb.fingerprint
+    assert crop["merged"] == 12
+    _, squash = fxd.embed_distributed(images[:12], SPEC["name"], store, client, shard_size=6,
+                                      weights=None, input_size=32)
+    assert squash["fingerprint"] == bb.fingerprint and squash["forwarded"] == 12
+    assert sorted(EmbeddingStore(store).fingerprints()) == sorted(
+        [crop["fingerprint"], bb.fingerprint])

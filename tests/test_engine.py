@@ -302,3 +302,33 @@ def test_two_processes_embedding_overlapping_sets_store_each_key_once(bb, tmp_pa
     np.testing.assert_allclose(
         np.stack(list(_stored_vectors(store_path, bb, paths).values())),
         direct_vectors(bb, paths), atol=1e-5)
+
+
+def test_a_resize_policy_never_serves_another_policys_vectors(bb, tmp_path):
+    """Bug: the vectors' identity was the backbone's fingerprint alone, so a store (or
+    the process memo) filled under policy="squash" served those vectors to a "crop"
+    run of the same images. The resize policy is part of the vectors' identity now;
+    "squash" keeps the backbone's fingerprint, so existing stores stay valid."""
+    rng = np.random.RandomState(0)
+    wide = np.zeros((3, 40, 120, 3), np.uint8)
+    wide[:, :, :40] = 255
+    wide[:, :, 40:80] = rng.randint(0, 255, (3, 40, 40, 3))
+    size = (bb.input_size, bb.input_size)
+    direct = {policy: np.asarray(bb.model(bb.preprocess(np.stack(
+        [decode_image(img, size, policy=policy) for img in wide])), training=False))
+        for policy in ("squash", "crop")}
+    scale = np.abs(direct["crop"]).max()
+    assert np.abs(direct["crop"] - direct["squash"]).max() > 0.1 * scale  # they differ
+    store = str(tmp_path / "s.h5")
+    clear_memo()
+    for run_store in (store, None):  # through the store, then through the memo
+        squash = Embedder(bb, store=run_store, policy="squash", progress=False).embed(wide)
+        crop_embedder = Embedder(bb, store=run_store, policy="crop", progress=False)
+        crop = crop_embedder.embed(wide)
+        np.testing.assert_allclose(squash, direct["squash"], rtol=0, atol=1e-4 * scale)
+        np.testing.assert_allclose(crop, direct["crop"], rtol=0, atol=1e-4 * scale)
+        assert crop_embedder.stats["forwarded"] == 3
+    assert Embedder(bb, policy="squash").fingerprint == bb.fingerprint
+    assert len({Embedder(bb, policy=p).fingerprint for p in ("squash", "crop", "pad")}) == 3
+    with EmbeddingStore(store) as opened:
+        assert len(opened.fingerprints()) == 2

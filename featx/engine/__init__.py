@@ -30,7 +30,7 @@ from __future__ import annotations
 from ._decode import DecodePool, default_workers
 from ._embedder import ON_ERROR, EmbedFailure, Embedder
 from ._forward import PaddedForward, compiled_forward
-from ._keys import key_source
+from ._keys import key_source, vector_fingerprint
 from ._memo import clear_memo
 from ._plan import Plan, plan
 

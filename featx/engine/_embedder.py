@@ -19,7 +19,7 @@ from ..images import RESIZE_POLICIES, Source, as_sources
 from ..store import EmbeddingStore
 from ._decode import KINDS as DECODE_KINDS, DecodePool, default_workers
 from ._forward import PaddedForward
-from ._keys import key_source
+from ._keys import key_source, vector_fingerprint
 from ._memo import MEMO
 from ._plan import plan
 
@@ -96,6 +96,9 @@ class Embedder:
 
     Attributes
     ----------
+    fingerprint : str
+        The identity the vectors are stored under: the backbone's fingerprint,
+        or, for ``policy`` other than ``"squash"``, one derived from it.
     stats : dict
         Counters of the last ``embed`` call: images, unique, cache_hits,
         forwarded, failed, and seconds spent in read_s, decode_s (summed over
@@ -190,6 +193,16 @@ class Embedder:
                         self.failures_[0].reason)
         return (run.out, run.mask) if return_mask else run.out
 
+    @property
+    def fingerprint(self) -> str:
+        """The identity this embedder's vectors are stored under.
+
+        The backbone's fingerprint for the default ``policy="squash"``; another
+        resize policy gives other vectors, so it gets its own (see
+        :func:`~featx.engine.vector_fingerprint`).
+        """
+        return vector_fingerprint(self.backbone.fingerprint, self.policy)
+
     # -- internals used by _Run ---------------------------------------------
 
     def _forward_batch(self, pixels: np.ndarray) -> np.ndarray:
@@ -234,7 +247,11 @@ class _Run:
         self.size = (self.bb.input_size, self.bb.input_size)
         self.pool = DecodePool(self.size, embedder.policy, embedder.workers, embedder.decode)
         self.bar = self._make_bar(n)
+        self.fp = embedder.fingerprint
         self.spec = self.bb.describe()
+        if self.fp != self.bb.fingerprint:  # a non-default resize policy: its own group
+            self.spec.update(fingerprint=self.fp, backbone_fingerprint=self.bb.fingerprint,
+                             resize_policy=embedder.policy)
         self.lock = threading.Lock()
 
     def _make_bar(self, n):
@@ -333,7 +350,7 @@ class _Run:
         chunk = max(self.e.batch_size * 4, 64)
         pending_keys: List[bytes] = []
         pending_pixels: List[np.ndarray] = []
-        fp, store = self.bb.fingerprint, self.e.store
+        fp, store = self.fp, self.e.store
         for start in range(0, len(self.items), chunk):
             if self.stop.is_set():
                 return
@@ -405,11 +422,11 @@ class _Run:
             # Robustness fix (tests/robustness): refuse a group stored under this
             # fingerprint with another spec or dim before serving any vector from it
             # (reads never compared specs; another dim crashed inside numpy).
-            self.e.store.check_compatible(self.bb.fingerprint, self.spec, self.bb.dim)
+            self.e.store.check_compatible(self.fp, self.spec, self.bb.dim)
             # Read the store's key index now, before the forward thread can hold the
             # writer lock: the producer then recognises stored keys from memory.
-            self.e.store.lookup(self.bb.fingerprint, [])
-            self.rows_at_start = self.e.store.count(self.bb.fingerprint)
+            self.e.store.lookup(self.fp, [])
+            self.rows_at_start = self.e.store.count(self.fp)
         producer = threading.Thread(target=self.produce, name="featx-producer", daemon=True)
         producer.start()
         try:
@@ -452,7 +469,7 @@ class _Run:
         try:
             # A short lock wait: after Ctrl-C nobody should wait behind another writer.
             quick = EmbeddingStore(self.e.store.path, readonly=True, lock_timeout=2.0)
-            return max(0, quick.count(self.bb.fingerprint) - self.rows_at_start)
+            return max(0, quick.count(self.fp) - self.rows_at_start)
         except FeatxError:
             return int(self.stats["forwarded"])
 
@@ -469,7 +486,7 @@ class _Run:
         """Vectors of keys the store's index knew; anything no longer there is embedded."""
         keys = list(hits.items)
         t = time.perf_counter()
-        vectors, found = self.e.store.get(self.bb.fingerprint, keys)
+        vectors, found = self.e.store.get(self.fp, keys)
         self.stats["lookup_s"] += time.perf_counter() - t
         missing = []
         for key, vec, ok in zip(keys, vectors, found):
@@ -495,7 +512,7 @@ class _Run:
     def _forward_missing(self, batch: _Batch) -> None:
         """Re-check the store (another process may have stored some keys since the
         lookup), forward the rest, put them."""
-        store, fp = self.e.store, self.bb.fingerprint
+        store, fp = self.e.store, self.fp
         t = time.perf_counter()
         vectors, found = store.get(fp, batch.keys)
         self.stats["lookup_s"] += time.perf_counter() - t
@@ -518,7 +535,7 @@ class _Run:
             bad = int((~np.isfinite(vectors).all(axis=1)).sum())
             raise FeatxError(f"{self.bb.name} produced non-finite vectors for {bad} "
                              "image(s); nothing of this batch was stored")
-        fp, store = self.bb.fingerprint, self.e.store
+        fp, store = self.fp, self.e.store
         if store is None or store.readonly:  # a read-only store is looked up, never written
             for key, vec in zip(keys, vectors):
                 MEMO.put(fp, key, vec)

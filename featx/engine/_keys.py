@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from typing import Dict, Optional, Tuple
 
 from ..images import Source, read_bytes, source_key
 
-__all__ = ["KEYS", "key_source"]
+__all__ = ["KEYS", "key_source", "vector_fingerprint"]
 
 
 class _KeyCache:
@@ -72,3 +73,25 @@ def key_source(item: Source) -> Tuple[bytes, Optional[bytes]]:
     key = source_key(item, data=data)
     KEYS.put(signature, key)
     return key, data
+
+
+def vector_fingerprint(backbone_fingerprint: str, policy: str = "squash") -> str:
+    """The identity vectors are stored and memoised under: the backbone's, plus the
+    resize policy that fitted the pixels to it.
+
+    Two policies give different vectors from the same image and backbone, so they
+    must never share a store group. ``"squash"`` (the default) keeps the backbone's
+    own fingerprint, so every store written before the policy joined the identity
+    stays valid.
+
+    Examples
+    --------
+    >>> from featx.engine import vector_fingerprint
+    >>> vector_fingerprint("ab12", "squash")
+    'ab12'
+    >>> vector_fingerprint("ab12", "crop") == vector_fingerprint("ab12", "pad")
+    False
+    """
+    if policy == "squash":
+        return backbone_fingerprint
+    return hashlib.sha256(f"{backbone_fingerprint}|resize={policy}".encode()).hexdigest()
