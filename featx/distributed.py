@@ -48,10 +48,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -61,6 +59,7 @@ import numpy as np
 
 from .errors import (FeatxError, FingerprintMismatchError, InvalidParameterError,
                      MissingDependencyError, StoreError)
+from .backbones import BackboneConfig
 from .engine import key_source, plan, vector_fingerprint
 from .images import Source, as_sources
 from .store import EmbeddingStore
@@ -72,6 +71,7 @@ except ImportError:  # pragma: no cover - dask not installed
 
 __all__ = [
     "BackbonePlugin",
+    "DistributedEmbedder",
     "backbone_spec",
     "worker_backbone",
     "worker_env",
@@ -121,8 +121,6 @@ def _client(client):
 
 # --------------------------------------------------------------------------- backbone specs
 
-_SPEC_FIELDS = ("name", "weights", "input_size", "pooling", "dtype", "include_top", "seed")
-
 
 def backbone_spec(backbone, *, weights="packaged", input_size=None, pooling="avg",
                   dtype="float32", include_top=False, seed=0) -> Tuple[dict, Optional[str]]:
@@ -155,55 +153,15 @@ def backbone_spec(backbone, *, weights="packaged", input_size=None, pooling="avg
     >>> spec["name"], spec["weights"], spec["input_size"], fp
     ('mobilenet_v2', None, 32, None)
     """
-    from .backbones import Backbone
-
-    if isinstance(backbone, Backbone):
-        w = backbone.weights
-        if w.kind == "random":
-            weights_arg, seed = None, int(w.source.split(":", 1)[1])
-        elif w.kind == "file":
-            weights_arg = w.source  # the resolved path: workers must see the same file
-        else:
-            weights_arg = w.kind  # "packaged" | "imagenet"
-        spec = dict(name=backbone.name, weights=weights_arg, input_size=backbone.input_size,
-                    pooling=backbone.pooling or "avg", dtype=backbone.dtype,
-                    include_top=backbone.include_top, seed=int(seed))
-        return spec, backbone.fingerprint
-    if isinstance(backbone, Mapping):
-        unknown = set(backbone) - set(_SPEC_FIELDS)
-        if "name" not in backbone or unknown:
-            raise FeatxError(
-                f"a backbone spec is a dict with 'name' and optionally {_SPEC_FIELDS[1:]}; "
-                f"received keys {sorted(backbone)}")
-        merged = dict(weights=weights, input_size=input_size, pooling=pooling, dtype=dtype,
-                      include_top=include_top, seed=seed)
-        merged.update(backbone)
-        return backbone_spec(merged.pop("name"), **merged)
-    if not isinstance(backbone, str):
-        raise InvalidParameterError(
-            f"backbone must be a name, a spec dict or a featx Backbone; received "
-            f"{type(backbone).__name__}")
-    if isinstance(weights, os.PathLike):
-        weights = os.fspath(weights)
-    spec = dict(name=backbone, weights=weights,
-                input_size=None if input_size is None else int(input_size),
-                pooling=pooling, dtype=dtype, include_top=bool(include_top), seed=int(seed))
-    try:
-        json.dumps(spec)
-    except TypeError as exc:
-        raise InvalidParameterError(f"backbone spec must be JSON-serializable: {exc}") from exc
-    return spec, None
+    config, fingerprint = BackboneConfig.of(
+        backbone, weights=weights, input_size=input_size, pooling=pooling, dtype=dtype,
+        include_top=include_top, seed=seed)
+    return config.to_dict(), fingerprint
 
 
-def _spec_id(spec: Mapping) -> str:
-    return hashlib.sha256(json.dumps(dict(spec), sort_keys=True).encode()).hexdigest()[:16]
-
-
-# The per-process backbone cache. On a Dask worker this is what makes "build once per
-# worker" true: tasks and the plugin all go through worker_backbone().
-_BACKBONES: Dict[str, Any] = {}
-_BUILD_COUNT: Dict[str, int] = {}
-_CACHE_LOCK = threading.Lock()
+# The per-process backbone cache is BackboneConfig's: on a Dask worker it is what makes
+# "build once per worker" true, since tasks and the plugin all go through
+# worker_backbone().
 
 
 def worker_backbone(spec: Mapping) -> Tuple[Any, bool]:
@@ -229,27 +187,12 @@ def worker_backbone(spec: Mapping) -> Tuple[Any, bool]:
     >>> bb is bb2, built2
     (True, False)
     """
-    sid = _spec_id(spec)
-    bb = _BACKBONES.get(sid)
-    if bb is not None:
-        return bb, False
-    # One lock for all specs: a worker builds one model at a time, and two threads of
-    # one worker asking for the same spec must not both build it.
-    with _CACHE_LOCK:
-        bb = _BACKBONES.get(sid)
-        if bb is not None:
-            return bb, False
-        from .backbones import get_backbone
-
-        bb = get_backbone(**spec)
-        _BACKBONES[sid] = bb
-        _BUILD_COUNT[sid] = _BUILD_COUNT.get(sid, 0) + 1
-        return bb, True
+    return BackboneConfig(**spec).get()
 
 
 def _build_count(spec: Mapping) -> int:
     """How many times this process built ``spec`` (1 when the cache works)."""
-    return _BUILD_COUNT.get(_spec_id(spec), 0)
+    return BackboneConfig(**spec).build_count()
 
 
 class BackbonePlugin(_WorkerPluginBase):
@@ -281,7 +224,7 @@ class BackbonePlugin(_WorkerPluginBase):
 
     def __init__(self, spec: Mapping):
         self.spec = dict(spec)
-        self.name = f"featx-backbone-{_spec_id(spec)}"
+        self.name = f"featx-backbone-{BackboneConfig(**spec).id()}"
 
     def setup(self, worker=None):
         worker_backbone(self.spec)
@@ -550,30 +493,27 @@ def merge_shards(store_path: Union[str, os.PathLike, EmbeddingStore], *,
 # --------------------------------------------------------------------------- the driver
 
 
-def embed_distributed(sources, backbone, store_path, client=None, *, shard_size: int = 256,
-                      batch_size: int = 32, on_error: str = "raise", weights="packaged",
-                      input_size: Optional[int] = None, pooling: str = "avg",
-                      dtype: str = "float32", include_top: bool = False, seed: int = 0,
-                      merge: str = "copy", hash_on: str = "driver", retries: int = 2,
-                      policy: str = "squash", decode_threads: Optional[int] = None,
-                      prewarm: bool = True, keep_shards: bool = False,
-                      return_vectors: bool = True) -> Tuple[Optional[np.ndarray], dict]:
-    """Embed ``sources`` on a Dask cluster into one store; vectors in input order.
+class DistributedEmbedder:
+    """Embed sources on a Dask cluster into one store: the :class:`~featx.Embedder` of a cluster.
+
+    The driver keys every source, drops what the store already holds (and
+    duplicates), sends the rest out in shards — each one :class:`~featx.Embedder`
+    call on a worker that built the backbone once — merges each shard as it lands,
+    then reads the vectors back in input order.
 
     Parameters
     ----------
-    sources : folder, list of paths, or uint8 arrays
-        Paths must be readable by every worker (shared file system); arrays are shipped
-        inside the tasks (fine for small sets).
-    backbone : str, dict or featx.Backbone
-        A backbone *spec*: a name with the build arguments below, a dict of them, or a
-        built Backbone (its spec is recovered and its fingerprint is checked on every
-        worker). Workers build it once each (:class:`BackbonePlugin`,
-        :func:`worker_backbone`), never per task.
-    store_path : str, os.PathLike or EmbeddingStore
-        The main store. Shard files go to ``<store_path>.shards/`` next to it, so the
-        store's folder must be on the shared file system too. Pass an ``EmbeddingStore``
-        to choose its storage dtype (float16 shards are cast on the workers).
+    backbone : str, dict, BackboneConfig or featx.Backbone
+        What to build on the workers: a name (default build arguments), a dict or
+        :class:`~featx.backbones.BackboneConfig` of :func:`featx.get_backbone`
+        arguments, or a built Backbone (its arguments are recovered and its
+        fingerprint is checked on every worker). Workers build it once each
+        (:class:`BackbonePlugin`, :func:`worker_backbone`), never per task.
+    store : str, os.PathLike or EmbeddingStore
+        The main store. Shard files go to ``<store>.shards/`` next to it, so the
+        store's folder must be on the shared file system too. Pass an
+        ``EmbeddingStore`` to choose its storage dtype (float16 shards are cast on
+        the workers).
     client : distributed.Client, optional
         Default: the current client (``distributed.get_client()``).
     shard_size : int, default 256
@@ -584,49 +524,309 @@ def embed_distributed(sources, backbone, store_path, client=None, *, shard_size:
         A bad image raises :class:`~featx.errors.FeatxError` naming it (shards that
         completed are merged first), or becomes a NaN row listed in
         ``stats["failures"]``.
-    weights, input_size, pooling, dtype, include_top, seed
-        Build arguments when ``backbone`` is a name (see :func:`featx.get_backbone`).
-    merge : {"copy"}, default "copy"
-        How shards reach the main store: ``merge_from`` copies their rows. ("virtual",
-        an HDF5 virtual dataset, is measured in the benchmark only: see
-        ``docs/scaling.md``.)
+    policy : {"squash", "crop", "pad"}, default "squash"
+        The workers' resize policy (part of the vectors' identity).
+    decode_threads : int, optional
+        Read/decode threads of each worker's Embedder (Embedder's default if None).
     hash_on : {"driver", "workers"}, default "driver"
         Where files are read and hashed to get their keys before dispatch.
     retries : int, default 2
         Dask retries of a shard task that raised. A task whose worker *died* is
         rescheduled by the scheduler regardless (up to
         ``distributed.scheduler.allowed-failures``).
-    policy : {"squash", "crop", "pad"}, default "squash"
-    decode_threads : int, optional
-        Read/decode threads of each worker's Embedder (Embedder's default if None).
     prewarm : bool, default True
-        Register :class:`BackbonePlugin` so every worker builds the backbone at once,
-        before shards are sent (and workers that join later, too).
+        Register :class:`BackbonePlugin` so every worker builds the backbone at
+        once, before shards are sent (and workers that join later, too).
     keep_shards : bool, default False
         Keep shard files after merging (for inspection).
+
+    Attributes
+    ----------
+    stats : dict
+        Of the last call: ``images, unique, cache_hits`` (unique keys already
+        stored), ``missing``, ``shards``, ``tasks`` (shard tasks sent),
+        ``forwarded``, ``resumed`` (rows a retried task found in its shard file),
+        ``failed``, ``failures`` (list of ``(index, source, reason)``), ``merged``
+        (rows added to the store), ``backbone_builds`` (shard tasks that had to
+        build a model), ``workers`` (addresses that ran shards), ``hash_on``,
+        ``hash_tasks``, seconds ``hash_s, lookup_s, compute_s`` (first dispatch to
+        last result), ``merge_s, read_s, total_s``, ``fingerprint`` (the vectors'
+        store group), ``dim`` and ``shard_stats`` (one dict per shard).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from distributed import Client, LocalCluster
+    >>> from featx.distributed import DistributedEmbedder
+    >>> images = np.random.RandomState(0).randint(0, 255, (6, 40, 40, 3)).astype(np.uint8)
+    >>> store = os.path.join(tempfile.mkdtemp(), "emb.h5")
+    >>> spec = {"name": "mobilenet_v2", "weights": None, "input_size": 32}
+    >>> with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+    ...                   dashboard_address=":0") as cluster, Client(cluster) as client:
+    ...     embedder = DistributedEmbedder(spec, store, client, shard_size=4)
+    ...     X = embedder.embed(images)
+    ...     first = dict(embedder.stats)
+    ...     X2 = embedder.embed(images)
+    >>> X.shape, first["shards"], embedder.stats["tasks"], np.array_equal(X, X2)
+    ((6, 1280), 2, 0, True)
+    """
+
+    def __init__(self, backbone, store, client=None, *, shard_size: int = 256,
+                 batch_size: int = 32, on_error: str = "raise", policy: str = "squash",
+                 decode_threads: Optional[int] = None, hash_on: str = "driver",
+                 retries: int = 2, prewarm: bool = True, keep_shards: bool = False):
+        if on_error not in ("raise", "skip"):
+            raise InvalidParameterError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if hash_on not in HASH_ON:
+            raise InvalidParameterError(f"hash_on must be one of {HASH_ON}, got {hash_on!r}")
+        if int(shard_size) < 1 or int(batch_size) < 1:
+            raise InvalidParameterError(f"shard_size and batch_size must be >= 1, got "
+                                        f"{shard_size}, {batch_size}")
+        self.config, self.expected_fingerprint = BackboneConfig.of(backbone)
+        self.store = store if isinstance(store, EmbeddingStore) else EmbeddingStore(store)
+        self.client = client
+        self.shard_size, self.batch_size = int(shard_size), int(batch_size)
+        self.on_error, self.policy, self.decode_threads = on_error, policy, decode_threads
+        self.hash_on, self.retries = hash_on, int(retries)
+        self.prewarm, self.keep_shards = bool(prewarm), bool(keep_shards)
+        self.stats: Dict[str, Any] = {}
+
+    def embed(self, sources) -> np.ndarray:
+        """Vectors of ``sources`` in input order, read back from the store (NaN: failed).
+
+        Returns
+        -------
+        numpy.ndarray of float32, shape (n, dim)
+        """
+        return _ShardRun(self, sources).run(read_vectors=True)
+
+    def fill(self, sources) -> dict:
+        """Put the vectors of ``sources`` into the store without reading them back.
+
+        For runs whose vectors do not fit in the driver's memory: every key is
+        still checked to have arrived (a file edited between hashing and
+        embedding gets another key).
+
+        Returns
+        -------
+        dict
+            :attr:`stats`.
+        """
+        _ShardRun(self, sources).run(read_vectors=False)
+        return self.stats
+
+
+class _ShardRun:
+    """One call of a :class:`DistributedEmbedder`: prepare → plan → dispatch → read back."""
+
+    def __init__(self, owner: DistributedEmbedder, sources):
+        self.owner, self.store = owner, owner.store
+        self.start = time.perf_counter()
+        self.items = as_sources(sources)
+        self.failures: Dict[int, str] = {}
+        self.stats: Dict[str, Any] = dict(
+            images=len(self.items), unique=0, cache_hits=0, missing=0, shards=0, tasks=0,
+            forwarded=0, resumed=0, failed=0, failures=[], merged=0, backbone_builds=0,
+            workers=[], hash_on=owner.hash_on, hash_tasks=0, hash_s=0.0, lookup_s=0.0,
+            compute_s=0.0, merge_s=0.0, read_s=0.0, total_s=0.0, shard_stats=[])
+        owner.stats = self.stats
+
+    def run(self, read_vectors: bool) -> Optional[np.ndarray]:
+        self.client = _client(self.owner.client)
+        self.spec = self.owner.config.to_dict()
+        self._prepare()
+        self._plan()
+        self._dispatch()
+        X = self._read_back(read_vectors)
+        self.stats["failures"] = [(i, self.items[i].describe(), self.failures[i])
+                                  for i in sorted(self.failures)]
+        self.stats["failed"] = len(self.failures)
+        self.stats["total_s"] = time.perf_counter() - self.start
+        if self.failures:
+            log.warning("featx: skipped %d of %d images; first: %s", len(self.failures),
+                        len(self.items), self.stats["failures"][0][1])
+        return X
+
+    def fail(self, indices, reason: str) -> None:
+        if self.owner.on_error == "raise":
+            i = int(min(indices))
+            item = self.items[i]
+            raise FeatxError(f"{item.describe()}: {reason}" if item.array is not None
+                             else reason)
+        for i in indices:
+            self.failures[int(i)] = reason
+
+    def _prepare(self) -> None:
+        """The backbone on the workers, built once each, in parallel, before any shard."""
+        if self.owner.prewarm:
+            plugin = BackbonePlugin(self.spec)
+            self.client.register_plugin(plugin, name=plugin.name)
+        info = self.client.submit(_describe, self.spec, pure=False,
+                                  key=f"featx-describe-{uuid.uuid4().hex[:8]}").result()
+        self.backbone_fp, self.dim = info["fingerprint"], int(info["dim"])
+        expected = self.owner.expected_fingerprint
+        if expected is not None and self.backbone_fp != expected:
+            raise FingerprintMismatchError(
+                f"the workers build {self.spec['name']} into fingerprint "
+                f"{self.backbone_fp[:12]}…, the Backbone passed in has {expected[:12]}…: its "
+                "weights or software differ on the workers")
+        self.fp = vector_fingerprint(self.backbone_fp, self.owner.policy)  # the shards' group
+        self.stats.update(fingerprint=self.fp, dim=self.dim)
+        if self.fp in self.store.fingerprints():
+            # Fail before the cluster works for nothing: merge_from would refuse at the end.
+            group = next(b for b in self.store.info()["backbones"]
+                         if b["fingerprint"] == self.fp)
+            if group["dtype"] != self.store.dtype:
+                raise StoreError(
+                    f"{self.store.path!r} stores {self.spec['name']} as {group['dtype']}, but "
+                    f"the store object has dtype={self.store.dtype!r}; pass EmbeddingStore("
+                    f"{self.store.path!r}, dtype={group['dtype']!r})")
+
+    def _plan(self) -> None:
+        """Keys, then dedup and lookup: what is stored (or repeated) is never sent out."""
+        t = time.perf_counter()
+        keys, errors, self.stats["hash_tasks"] = _keys(self.items, self.client,
+                                                       self.owner.hash_on, None)
+        self.stats["hash_s"] = time.perf_counter() - t
+        for i in sorted(errors):
+            self.fail([i], errors[i])
+        t = time.perf_counter()
+        self.todo = plan(keys, self.store, self.fp)
+        self.stats["lookup_s"] = time.perf_counter() - t
+        self.stats.update(unique=len(self.todo.keys), cache_hits=int(self.todo.stored.sum()),
+                          missing=len(self.todo.missing))
+
+    def _submit_shards(self, folder: str) -> dict:
+        owner, todo = self.owner, self.todo
+        token = uuid.uuid4().hex[:8]  # task keys are unique per run: no stale result reuse
+        futures = {}
+        for a in range(0, len(todo.missing), owner.shard_size):
+            shard_keys = todo.missing[a:a + owner.shard_size]  # positions into todo.keys
+            path = os.path.join(folder, _shard_name(self.fp, todo.keys[shard_keys]))
+            payload = [_payload(self.items[i]) for i in todo.first[shard_keys]]
+            fut = self.client.submit(
+                _embed_shard, self.spec, self.backbone_fp, payload, path, self.store.dtype,
+                owner.batch_size, owner.policy, owner.decode_threads, retries=owner.retries,
+                pure=False, key=f"{SHARD_TASK_PREFIX}{token}-{a // owner.shard_size:06d}")
+            futures[fut] = shard_keys
+        self.stats["shards"] = self.stats["tasks"] = len(futures)
+        return futures
+
+    def _dispatch(self) -> None:
+        """Shards of missing images to the workers; each result is merged as it lands."""
+        distributed = _distributed()
+        folder = os.path.abspath(shard_dir(self.store))
+        futures = self._submit_shards(folder)
+        workers = set()
+        t_compute = time.perf_counter()
+        try:
+            for fut in distributed.as_completed(list(futures)):
+                workers.add(self._merge(fut, futures[fut], folder))
+        finally:
+            for fut in futures:
+                if not fut.done():
+                    fut.cancel()
+        self.stats["compute_s"] = time.perf_counter() - t_compute - self.stats["merge_s"]
+        self.stats["workers"] = sorted(workers)
+        if not self.owner.keep_shards:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only when empty: another run's shards stay
+
+    def _merge(self, fut, shard_keys, folder: str) -> str:
+        """One finished shard into the main store; its failures recorded. Its worker."""
+        try:
+            res = fut.result()
+        except FingerprintMismatchError:
+            raise
+        except Exception as exc:
+            first = self.items[self.todo.first[shard_keys[0]]].describe()
+            raise FeatxError(
+                f"shard task {fut.key} ({len(shard_keys)} images, first {first!r}) failed "
+                f"after {self.owner.retries} retries: {type(exc).__name__}: {exc}. Shards that "
+                f"completed are merged; unmerged shard files stay in {folder!r} "
+                "(merge_shards() keeps their rows); re-run to embed the rest") from exc
+        fut.release()
+        stats = self.stats
+        if os.path.exists(res["path"]):  # absent when every image of the shard failed
+            t = time.perf_counter()
+            stats["merged"] += sum(self.store.merge_from(res["path"]).values())
+            stats["merge_s"] += time.perf_counter() - t
+        if not self.owner.keep_shards:
+            _remove_store_files(res["path"])
+        for name in ("forwarded", "resumed"):
+            stats[name] += res[name]
+        stats["backbone_builds"] += int(res["built"])
+        stats["shard_stats"].append({k: v for k, v in res.items() if k != "failures"})
+        for local, reason in res["failures"]:
+            self.fail(self.todo.members(int(shard_keys[local])), reason)
+        return res["worker"]
+
+    def _read_back(self, read_vectors: bool) -> Optional[np.ndarray]:
+        """Vectors from the main store in input order (or, without them, a check that
+        every key arrived: a file edited between hashing and embedding got another key)."""
+        t = time.perf_counter()
+        todo, n = self.todo, len(self.items)
+        X = np.full((n, self.dim), np.nan, np.float32) if read_vectors else None
+        failed = np.fromiter(self.failures, np.int64, len(self.failures))
+        ok = todo.rows[~np.isin(todo.rows, failed)]
+        okkeys = todo.keys[todo.group[np.searchsorted(todo.rows, ok)]]
+        if len(ok):
+            if read_vectors:
+                vectors, found = self.store.get(self.fp, okkeys)
+                X[ok] = vectors
+            else:
+                found = self.store.lookup(self.fp, okkeys) >= 0
+            if not found.all():
+                self.fail(ok[~found].tolist(), "its vector is not in the store after the run: "
+                          "the file changed between hashing and embedding (or a shard was "
+                          "deleted)")
+                if X is not None:
+                    X[ok[~found]] = np.nan
+        self.stats["read_s"] = time.perf_counter() - t
+        return X
+
+
+_BUILD_ARGS = ("weights", "input_size", "pooling", "dtype", "include_top", "seed")
+
+
+def embed_distributed(sources, backbone, store_path, client=None, *, merge: str = "copy",
+                      return_vectors: bool = True, **options) -> Tuple[Optional[np.ndarray], dict]:
+    """Embed ``sources`` on a Dask cluster into one store: ``(vectors or None, stats)``.
+
+    The one-call form of :class:`DistributedEmbedder` (which ``featx embed
+    --workers N`` uses).
+
+    Parameters
+    ----------
+    sources : folder, list of paths, or uint8 arrays
+        Paths must be readable by every worker (shared file system); arrays are
+        shipped inside the tasks (fine for small sets).
+    backbone, store_path, client
+        As ``backbone``, ``store`` and ``client`` of :class:`DistributedEmbedder`.
+    merge : {"copy"}, default "copy"
+        How shards reach the main store: ``merge_from`` copies their rows.
+        ("virtual", an HDF5 virtual dataset, is measured in the benchmark only:
+        see ``docs/scaling.md``.)
     return_vectors : bool, default True
-        False skips reading the vectors back (for runs whose vectors do not fit in
-        the driver's memory); the first return value is then None.
+        False puts the vectors into the store without reading them back
+        (:meth:`DistributedEmbedder.fill`); the first return value is then None.
+    **options
+        :func:`featx.get_backbone` arguments when ``backbone`` is a name
+        (``weights``, ``input_size``, ``pooling``, ``dtype``, ``include_top``,
+        ``seed``), and :class:`DistributedEmbedder`'s keyword parameters.
 
     Returns
     -------
     X : numpy.ndarray of float32, shape (n, dim), or None
-        Read back from the main store, in input order; NaN rows for failed inputs.
     stats : dict
-        ``images, unique, cache_hits`` (unique keys already stored), ``missing``,
-        ``shards``, ``tasks`` (shard tasks sent), ``forwarded``, ``resumed`` (rows a
-        retried task found in its shard file), ``failed``, ``failures`` (list of
-        ``(index, source, reason)``), ``merged`` (rows added to the store),
-        ``backbone_builds`` (shard tasks that had to build a model), ``workers``
-        (addresses that ran shards), ``hash_on``, ``hash_tasks``, seconds ``hash_s,
-        lookup_s, compute_s`` (first dispatch to last result), ``merge_s, read_s,
-        total_s``, ``fingerprint``, ``dim`` and ``shard_stats`` (one dict per shard).
+        :attr:`DistributedEmbedder.stats`.
 
     Raises
     ------
     FeatxError
-        Bad arguments, a bad image with ``on_error="raise"``, a shard that failed after
-        its retries, or a file that changed between hashing and embedding.
+        Bad arguments, a bad image with ``on_error="raise"``, a shard that failed
+        after its retries, or a file that changed between hashing and embedding.
     FingerprintMismatchError
         A worker built the spec into another fingerprint than expected.
 
@@ -642,14 +842,9 @@ def embed_distributed(sources, backbone, store_path, client=None, *, shard_size:
     ...                   dashboard_address=":0") as cluster, Client(cluster) as client:
     ...     X, stats = embed_distributed(images, "mobilenet_v2", store, client,
     ...                                  weights=None, input_size=32, shard_size=4)
-    ...     X2, stats2 = embed_distributed(images, "mobilenet_v2", store, client,
-    ...                                    weights=None, input_size=32, shard_size=4)
-    >>> X.shape, stats["shards"], stats2["tasks"], np.array_equal(X, X2)
-    ((6, 1280), 2, 0, True)
+    >>> X.shape, stats["shards"]
+    ((6, 1280), 2)
     """
-    t_start = time.perf_counter()
-    if on_error not in ("raise", "skip"):
-        raise InvalidParameterError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if merge == "virtual":
         raise FeatxError(
             "merge='virtual' is not a store layout featx writes: a virtual dataset cannot "
@@ -657,154 +852,14 @@ def embed_distributed(sources, backbone, store_path, client=None, *, shard_size:
             "benchmarks/bench_distributed.py; see docs/scaling.md. Use merge='copy'")
     if merge not in MERGES:
         raise InvalidParameterError(f"merge must be one of {MERGES}, got {merge!r}")
-    if hash_on not in HASH_ON:
-        raise InvalidParameterError(f"hash_on must be one of {HASH_ON}, got {hash_on!r}")
-    if int(shard_size) < 1 or int(batch_size) < 1:
-        raise InvalidParameterError(f"shard_size and batch_size must be >= 1, got {shard_size}, "
-                                    f"{batch_size}")
-    shard_size, batch_size = int(shard_size), int(batch_size)
-    distributed = _distributed()
-    client = _client(client)
-    spec, expected_fp = backbone_spec(backbone, weights=weights, input_size=input_size,
-                                      pooling=pooling, dtype=dtype, include_top=include_top,
-                                      seed=seed)
-    store = (store_path if isinstance(store_path, EmbeddingStore)
-             else EmbeddingStore(store_path))
-    items = as_sources(sources)
-    n = len(items)
-    stats: Dict[str, Any] = dict(images=n, unique=0, cache_hits=0, missing=0, shards=0,
-                                 tasks=0, forwarded=0, resumed=0, failed=0, failures=[],
-                                 merged=0, backbone_builds=0, workers=[], hash_on=hash_on,
-                                 hash_tasks=0, hash_s=0.0, lookup_s=0.0, compute_s=0.0,
-                                 merge_s=0.0, read_s=0.0, total_s=0.0, shard_stats=[])
-
-    # 1. The backbone on the workers: built once each, in parallel, before any shard.
-    if prewarm:
-        plugin = BackbonePlugin(spec)
-        client.register_plugin(plugin, name=plugin.name)
-    info = client.submit(_describe, spec, pure=False,
-                         key=f"featx-describe-{uuid.uuid4().hex[:8]}").result()
-    backbone_fp, dim = info["fingerprint"], int(info["dim"])
-    if expected_fp is not None and backbone_fp != expected_fp:
-        raise FingerprintMismatchError(
-            f"the workers build {spec['name']} into fingerprint {backbone_fp[:12]}…, the "
-            f"Backbone passed in has {expected_fp[:12]}…: its weights or software differ on "
-            "the workers")
-    fp = vector_fingerprint(backbone_fp, policy)  # the store group the shards fill
-    stats.update(fingerprint=fp, dim=dim)
-    if fp in store.fingerprints():
-        # Fail before the cluster works for nothing: merge_from would refuse at the end.
-        group = next(b for b in store.info()["backbones"] if b["fingerprint"] == fp)
-        if group["dtype"] != store.dtype:
-            raise StoreError(
-                f"{store.path!r} stores {spec['name']} as {group['dtype']}, but the store "
-                f"object has dtype={store.dtype!r}; pass EmbeddingStore({store.path!r}, "
-                f"dtype={group['dtype']!r})")
-
-    # 2. Keys, then dedup and lookup: what is stored (or repeated) is never sent out.
-    t = time.perf_counter()
-    keys, errors, stats["hash_tasks"] = _keys(items, client, hash_on, None)
-    stats["hash_s"] = time.perf_counter() - t
-    failures: Dict[int, str] = {}
-
-    def fail(indices, reason):
-        if on_error == "raise":
-            i = int(min(indices))
-            raise FeatxError(f"{items[i].describe()}: {reason}" if items[i].array is not None
-                             else reason)
-        for i in indices:
-            failures[int(i)] = reason
-
-    for i in sorted(errors):
-        fail([i], errors[i])
-    t = time.perf_counter()
-    todo = plan(keys, store, fp)
-    stats["lookup_s"] = time.perf_counter() - t
-    ukeys, ufirst, vidx = todo.keys, todo.first, todo.rows
-    missing = todo.missing  # positions into ukeys
-    stats["unique"] = len(ukeys)
-    stats["cache_hits"] = int(todo.stored.sum())
-    stats["missing"] = len(missing)
-    indices_of = todo.members
-
-    # 3. Shards of missing images to the workers; each result is merged as it lands.
-    folder = os.path.abspath(shard_dir(store))
-    token = uuid.uuid4().hex[:8]  # task keys are unique per run: no stale result reuse
-    futures = {}
-    for a in range(0, len(missing), shard_size):
-        shard_keys = missing[a:a + shard_size]  # positions into ukeys
-        path = os.path.join(folder, _shard_name(fp, ukeys[shard_keys]))
-        payload = [_payload(items[i]) for i in ufirst[shard_keys]]
-        fut = client.submit(_embed_shard, spec, backbone_fp, payload, path, store.dtype, batch_size,
-                            policy, decode_threads, retries=int(retries), pure=False,
-                            key=f"{SHARD_TASK_PREFIX}{token}-{a // shard_size:06d}")
-        futures[fut] = shard_keys
-    stats["shards"] = stats["tasks"] = len(futures)
-    workers = set()
-    t_compute = time.perf_counter()
-    try:
-        for fut in distributed.as_completed(list(futures)):
-            shard_keys = futures[fut]
-            try:
-                res = fut.result()
-            except FingerprintMismatchError:
-                raise
-            except Exception as exc:
-                raise FeatxError(
-                    f"shard task {fut.key} ({len(shard_keys)} images, first "
-                    f"{items[ufirst[shard_keys[0]]].describe()!r}) failed after {retries} "
-                    f"retries: {type(exc).__name__}: {exc}. Shards that completed are merged; "
-                    f"unmerged shard files stay in {folder!r} (merge_shards() keeps their "
-                    "rows); re-run to embed the rest") from exc
-            fut.release()
-            if os.path.exists(res["path"]):  # absent when every image of the shard failed
-                t = time.perf_counter()
-                stats["merged"] += sum(store.merge_from(res["path"]).values())
-                stats["merge_s"] += time.perf_counter() - t
-            if not keep_shards:
-                _remove_store_files(res["path"])
-            workers.add(res["worker"])
-            for name in ("forwarded", "resumed"):
-                stats[name] += res[name]
-            stats["backbone_builds"] += int(res["built"])
-            stats["shard_stats"].append({k: v for k, v in res.items() if k != "failures"})
-            for local, reason in res["failures"]:
-                fail(indices_of(int(shard_keys[local])), reason)
-    finally:
-        for fut in futures:
-            if not fut.done():
-                fut.cancel()
-    stats["compute_s"] = time.perf_counter() - t_compute - stats["merge_s"]
-    stats["workers"] = sorted(workers)
-    if not keep_shards:
-        with contextlib.suppress(OSError):
-            os.rmdir(folder)  # only when empty: another run's shards stay
-
-    # 4. Read back from the main store, in input order (or, without vectors, check that
-    # every key arrived: a file edited between hashing and embedding got another key).
-    t = time.perf_counter()
-    X = np.full((n, dim), np.nan, np.float32) if return_vectors else None
-    ok = vidx[~np.isin(vidx, np.fromiter(failures, np.int64, len(failures)))]
-    okkeys = ukeys[todo.group[np.searchsorted(vidx, ok)]]
-    if len(ok):
-        if return_vectors:
-            vectors, found = store.get(fp, okkeys)
-            X[ok] = vectors
-        else:
-            found = store.lookup(fp, okkeys) >= 0
-        if not found.all():
-            fail(ok[~found].tolist(), "its vector is not in the store after the run: the file "
-                 "changed between hashing and embedding (or a shard was deleted)")
-            if X is not None:
-                X[ok[~found]] = np.nan
-    stats["read_s"] = time.perf_counter() - t
-    stats["failures"] = [(i, items[i].describe(), failures[i]) for i in sorted(failures)]
-    stats["failed"] = len(failures)
-    stats["total_s"] = time.perf_counter() - t_start
-    if failures:
-        log.warning("featx: skipped %d of %d images; first: %s", len(failures), n,
-                    stats["failures"][0][1])
-    return X, stats
+    build = {k: options.pop(k) for k in _BUILD_ARGS if k in options}
+    if isinstance(backbone, (str, Mapping)):  # a built Backbone or a config is complete
+        backbone = BackboneConfig.of(backbone, **build)[0]
+    embedder = DistributedEmbedder(backbone, store_path, client, **options)
+    if not return_vectors:
+        return None, embedder.fill(sources)
+    X = embedder.embed(sources)
+    return X, embedder.stats
 
 
 def embed_with_cluster(sources, backbone, store_path, *, workers: Optional[int] = None,

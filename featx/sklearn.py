@@ -19,14 +19,12 @@ decoder, no network, pixels flattened.
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from .backbones import DTYPES, POOLINGS, Backbone, get_backbone
+from .backbones import DTYPES, POOLINGS, Backbone, BackboneConfig, clear_config_cache
 from .backbones.registry import get_spec
 from .errors import FeatxError, ImageDecodeError, InvalidParameterError
 from ._params import Interval, Options, check_params
@@ -40,10 +38,6 @@ log = logging.getLogger("featx")
 
 # ----------------------------------------------------------------- process caches
 
-_BACKBONES: Dict[tuple, Backbone] = {}
-_CACHE_LOCK = threading.Lock()
-
-
 def clear_backbone_cache() -> None:
     """Forget the Keras models (and store handles) that ImageEmbedders built in this process.
 
@@ -54,41 +48,8 @@ def clear_backbone_cache() -> None:
     """
     from .store import forget_shared_stores
 
-    with _CACHE_LOCK:
-        _BACKBONES.clear()
+    clear_config_cache()
     forget_shared_stores()
-
-
-def _weights_key(weights) -> Any:
-    """A hashable identity for ``weights``; a file also by its size and mtime, so an
-    edited weights file is rebuilt instead of served from the process cache."""
-    if weights is None or (isinstance(weights, str) and weights in ("packaged", "imagenet")):
-        return weights
-    if isinstance(weights, (str, os.PathLike)):
-        path = os.path.abspath(os.fspath(weights))
-        try:
-            st = os.stat(path)
-            return (path, st.st_size, st.st_mtime_ns)
-        except OSError:
-            return (path, None, None)  # get_backbone raises the useful message
-    raise InvalidParameterError(
-        f"weights must be 'packaged', 'imagenet', a file path or None; "
-        f"got {type(weights).__name__}: {weights!r}")
-
-
-def _cached_backbone(backbone: str, weights, input_size: Optional[int], pooling: str,
-                     dtype: str) -> Backbone:
-    """The process-wide Backbone for these parameters, built on first use."""
-    spec = get_spec(backbone)  # aliases and spellings share one model
-    size = int(input_size) if input_size is not None else spec.input_size
-    key = (spec.name, _weights_key(weights), size, pooling, dtype)
-    with _CACHE_LOCK:
-        bb = _BACKBONES.get(key)
-        if bb is None:
-            bb = get_backbone(spec.name, weights=weights, input_size=size, pooling=pooling,
-                              dtype=dtype)
-            _BACKBONES[key] = bb
-        return bb
 
 
 # ----------------------------------------------------------------- input handling
@@ -361,8 +322,10 @@ class ImageEmbedder(_ImageInputMixin, TransformerMixin, BaseEstimator):
             raise InvalidParameterError(
                 f"backbone must be a name from featx.list_backbones(); got "
                 f"{type(self.backbone).__name__}: {self.backbone!r}")
-        return _cached_backbone(self.backbone, self.weights, self.input_size, self.pooling,
-                                self.dtype)
+        config = BackboneConfig(self.backbone, weights=self.weights,
+                                input_size=self.input_size, pooling=self.pooling,
+                                dtype=self.dtype)
+        return config.get()[0]
 
     def _embedder(self, bb: Backbone):
         from .engine import Embedder

@@ -32,9 +32,6 @@ MAX_PARAMETERS = 12
 
 # Still too big (each entry: where, why it is still there).
 KNOWN_DEBT = {
-    "function featx/distributed.py::embed_distributed": "split into plan → dispatch → merge",
-    "parameters featx/distributed.py::embed_distributed": "a BackboneConfig replaces six "
-                                                          "build keywords",
     "function featx/finetune/_estimator.py::FineTuneClassifier.fit": "a trainer with Phase "
                                                                      "objects",
     "class featx/finetune/_estimator.py::FineTuneClassifier": "trainer and persistence move "

@@ -13,13 +13,16 @@ from .base import (
     imagenet_class_names,
     offline_available,
 )
+from .config import BackboneConfig, clear_config_cache
 from .preprocessing import Preprocessing, get_preprocessing
 from .registry import BACKBONES, BackboneSpec, get_spec, list_backbones
 
 __all__ = [
     "Backbone",
+    "BackboneConfig",
     "BackboneSpec",
     "BACKBONES",
+    "clear_config_cache",
     "DTYPES",
     "POOLINGS",
     "Preprocessing",
