@@ -35,7 +35,7 @@ import featx.finetune._estimator as finetune  # private helpers are tested direc
 from featx._env import import_keras
 from featx.errors import FeatxError, ImageDecodeError
 from featx.finetune import FineTuneClassifier, unfreeze_candidates
-from featx.finetune._estimator import _set_phase
+from featx.finetune._trainer import _set_phase
 
 SIZE = 32
 NAME = "mobilenet_v2"

@@ -10,7 +10,7 @@ import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -20,6 +20,7 @@ from sklearn.preprocessing import LabelEncoder
 from .._env import import_keras
 from ..errors import FeatxError, InvalidDataError, InvalidParameterError
 from ..images import RESIZE_POLICIES, as_sources
+from ._trainer import Trainer, class_weights, split_validation, sub_seed, unfreeze_candidates
 
 __all__ = ["FineTuneClassifier", "AUGMENTATIONS", "custom_objects", "load", "unfreeze_candidates"]
 
@@ -38,9 +39,6 @@ PHASE1_INPUTS = ("images", "vectors")
 
 #: Epochs without a better ``val_loss`` before a phase stops (``early_stopping=True``).
 DEFAULT_PATIENCE = 3
-
-_HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
-
 
 # ----------------------------------------------------------------- Keras classes
 
@@ -102,10 +100,6 @@ def _seed_from(random_state) -> Optional[int]:
                                 f"got {random_state!r}")
 
 
-def _sub_seed(seed: Optional[int], k: int) -> Optional[int]:
-    return None if seed is None else (seed * 1009 + k) % (2**31 - 1)
-
-
 def _augmentation_layers(augment, seed):
     keras = import_keras()
     if augment is None:
@@ -131,55 +125,8 @@ def _augmentation_layers(augment, seed):
                 f"{AUGMENTATIONS} or None")
         if name in names[:k]:
             raise InvalidParameterError(f"augment: {name!r} is listed twice")
-        layers.append(makers[name](_sub_seed(seed, k + 1)))
+        layers.append(makers[name](sub_seed(seed, k + 1)))
     return layers
-
-
-def _is_bn(layer) -> bool:
-    keras = import_keras()
-    return isinstance(layer, keras.layers.BatchNormalization)
-
-
-def unfreeze_candidates(base) -> List:
-    """The base's layers that ``unfreeze=N`` counts, bottom to top.
-
-    Weight-bearing layers that are not BatchNormalization, in ``base.layers``
-    order; ``unfreeze=N`` unfreezes the last ``N`` of them.
-
-    Examples
-    --------
-    >>> import featx
-    >>> from featx.finetune import unfreeze_candidates
-    >>> bb = featx.get_backbone("mobilenet_v2", weights=None, input_size=32)
-    >>> [layer.name for layer in unfreeze_candidates(bb.model)[-3:]]
-    ['block_16_depthwise', 'block_16_project', 'Conv_1']
-    """
-    return [layer for layer in base.layers if layer.weights and not _is_bn(layer)]
-
-
-def _set_phase(model, phase: int, unfreeze, from_scratch: bool) -> List[str]:
-    """Set ``trainable`` flags for ``phase``; returns the names of unfrozen base layers."""
-    wrapper = model.get_layer("base")
-    base = wrapper.base
-    if phase == 1 or unfreeze == 0:
-        wrapper.trainable = False  # recursive: every layer of the base
-        return []
-    # Keras 3 applies `trainable` recursively; open the wrapper, then close what stays frozen.
-    wrapper.trainable = True
-    if unfreeze == "all":
-        chosen = [layer for layer in base.layers if layer.weights]
-        if not from_scratch:
-            chosen = [layer for layer in chosen if not _is_bn(layer)]
-    else:
-        chosen = unfreeze_candidates(base)[-int(unfreeze):]
-    chosen_ids = {id(layer) for layer in chosen}
-    for layer in base.layers:
-        layer.trainable = id(layer) in chosen_ids
-    return [layer.name for layer in chosen]
-
-
-def _n_params(weights) -> int:
-    return int(sum(int(np.prod(w.shape)) for w in weights))
 
 
 def _model_to_bytes(model) -> bytes:
@@ -418,12 +365,12 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             x = c["InferenceBase"](base, inference=not from_scratch, name="base")(x)
             k = 100
             if self.dropout:
-                x = keras.layers.Dropout(float(self.dropout), seed=_sub_seed(seed, k),
+                x = keras.layers.Dropout(float(self.dropout), seed=sub_seed(seed, k),
                                          name="head_dropout")(x)
             for i, width in enumerate(p["head"], start=1):
                 x = keras.layers.Dense(int(width), activation="relu", name=f"head_dense_{i}")(x)
                 if self.dropout:
-                    x = keras.layers.Dropout(float(self.dropout), seed=_sub_seed(seed, k + i),
+                    x = keras.layers.Dropout(float(self.dropout), seed=sub_seed(seed, k + i),
                                              name=f"head_dropout_{i}")(x)
             outputs = keras.layers.Dense(n_classes, activation="softmax", name="classifier")(x)
         return keras.Model(inputs, outputs, name=f"featx_finetune_{bb.name}")
@@ -455,9 +402,6 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             naming it).
         """
         keras = import_keras()
-        from sklearn.model_selection import train_test_split
-        from sklearn.utils.class_weight import compute_class_weight
-
         from ..backbones import get_backbone
 
         p = self._checked_params()
@@ -467,143 +411,24 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             raise InvalidDataError(f"y must be 1-D with one label per image; got shape {y.shape} "
                                    f"for {len(items)} images")
         encoder = LabelEncoder().fit(y)
-        classes = encoder.classes_
-        if len(classes) < 2:
+        if len(encoder.classes_) < 2:
             raise InvalidDataError(
-                f"need at least 2 classes to train a classifier; got {list(classes)}")
-        y_enc = encoder.transform(y).astype(np.int32)
-
-        if validation_data is not None:
-            v_sources, v_y = validation_data
-            train_items, train_y = items, y_enc
-            val_items = as_sources(v_sources)
-            v_y = np.asarray(v_y)
-            unknown = set(np.unique(v_y)) - set(classes)
-            if len(v_y) != len(val_items) or unknown:
-                raise InvalidDataError(
-                    "validation_data: expected one label per image, all of them "
-                    f"seen in y; got {len(v_y)} labels for {len(val_items)} images"
-                    + (f", unknown labels {sorted(unknown)[:5]}" if unknown else ""))
-            val_y = encoder.transform(v_y).astype(np.int32)
-        elif self.validation_fraction:
-            try:
-                train_idx, val_idx = train_test_split(
-                    np.arange(len(items)), test_size=float(self.validation_fraction),
-                    stratify=y_enc, random_state=p["seed"])
-            except ValueError as exc:
-                raise InvalidDataError(
-                    f"cannot hold out a stratified validation_fraction="
-                    f"{self.validation_fraction} of {len(items)} images in {len(classes)} "
-                    f"classes ({exc}); pass validation_fraction=0 or more images") from exc
-            train_items = [items[i] for i in train_idx]
-            train_y = y_enc[train_idx]
-            val_items, val_y = [items[i] for i in val_idx], y_enc[val_idx]
-        else:
-            train_items, train_y, val_items, val_y = items, y_enc, [], None
-
-        cw = None
-        if self.class_weight == "balanced":
-            present = np.unique(train_y)
-            weights = compute_class_weight("balanced", classes=present, y=train_y)
-            cw = {int(c): float(w) for c, w in zip(present, weights)}
-        elif isinstance(self.class_weight, dict):
-            unknown = [label for label in self.class_weight if label not in set(classes)]
-            if unknown:
-                raise InvalidDataError(
-                    f"class_weight names labels that are not in y: {unknown[:5]}; "
-                    f"expected some of {list(classes)[:10]}")
-            cw = {int(encoder.transform([label])[0]): float(w)
-                  for label, w in self.class_weight.items()}
-
+                f"need at least 2 classes to train a classifier; got {list(encoder.classes_)}")
+        split = split_validation(items, encoder.transform(y).astype(np.int32), encoder=encoder,
+                                 validation_data=validation_data,
+                                 fraction=self.validation_fraction, seed=p["seed"])
+        weights = class_weights(self.class_weight, split.train_y, encoder)
         from_scratch = self.weights is None and p["unfreeze"] == "all"
         bb = get_backbone(self.backbone, weights=self.weights, input_size=self.input_size,
                           pooling="avg", seed=p["seed"] if p["seed"] is not None else 0)
-        model = self._build(bb, len(classes), p, from_scratch)
-
-        threads = max(2, min(8, os.cpu_count() or 2))
-        Batches = _classes()["ImageBatches"]
-        train_ds = Batches(train_items, train_y, size=bb.input_size,
-                           batch_size=int(self.batch_size), policy=self.policy, shuffle=True,
-                           seed=_sub_seed(p["seed"], 7), threads=threads)
-        val_ds = None
-        if val_items:
-            val_ds = Batches(val_items, val_y, size=bb.input_size,
-                             batch_size=int(self.batch_size), policy=self.policy, threads=threads)
-
-        history: Dict[str, list] = {key: [] for key in (*_HISTORY_KEYS, "phase")}
-        phases: List[dict] = []
-        phase1_weights = None
-        unfrozen: List[str] = []
-        try:
-            for phase in (1, 2):
-                n_epochs = p["epochs"][phase - 1]
-                if phase == 2 and (p["unfreeze"] == 0 or n_epochs == 0):
-                    break
-                names = _set_phase(model, phase, p["unfreeze"], from_scratch)
-                if phase == 2:
-                    unfrozen = names
-                # Recompile after changing `trainable`: the train step and the
-                # optimizer are built for one set of trainable variables.
-                model.compile(optimizer=keras.optimizers.Adam(p["lr"][phase - 1]),
-                              loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-                info = dict(phase=phase, lr=p["lr"][phase - 1], epochs=n_epochs, epochs_run=0,
-                            trainable_weights=len(model.trainable_weights),
-                            trainable_params=_n_params(model.trainable_weights),
-                            trained_on="images", best_val_loss=float("nan"), kept=True)
-                phases.append(info)
-                if n_epochs == 0:
-                    continue
-                callbacks = []
-                if val_ds is not None and p["patience"]:
-                    callbacks.append(keras.callbacks.EarlyStopping(
-                        monitor="val_loss", patience=p["patience"], restore_best_weights=True))
-                try:
-                    if phase == 1 and self.phase1 == "vectors":
-                        info["trained_on"] = "vectors"
-                        result = self._fit_head_on_vectors(
-                            model, bb, (train_items, train_y), (val_items, val_y), p,
-                            n_epochs, cw, callbacks)
-                    else:
-                        result = model.fit(train_ds, validation_data=val_ds, epochs=n_epochs,
-                                           class_weight=cw, callbacks=callbacks,
-                                           shuffle=False, verbose=self.verbose)
-                except Exception:
-                    # tf.data wraps errors raised in the PyDataset; give back ours.
-                    error = train_ds.error or (val_ds.error if val_ds is not None else None)
-                    if error is not None:
-                        raise error from None
-                    raise
-                run = len(result.history.get("loss", []))
-                info["epochs_run"] = run
-                val_losses = result.history.get("val_loss", [])
-                info["best_val_loss"] = float(min(val_losses)) if val_losses else float("nan")
-                if phase == 2 and phase1_weights is not None:
-                    # Phase 2 made the validation loss no better than phase 1 left it:
-                    # keep phase 1's model rather than a worse fine-tuned one.
-                    if not info["best_val_loss"] < phases[0]["best_val_loss"]:
-                        model.set_weights(phase1_weights)
-                        info["kept"] = False
-                        log.info("featx FineTuneClassifier: phase 2's best val_loss %.4f is "
-                                 "not below phase 1's %.4f; phase 1's weights are kept",
-                                 info["best_val_loss"], phases[0]["best_val_loss"])
-                if phase == 1 and callbacks and p["unfreeze"] != 0 and p["epochs"][1]:
-                    phase1_weights = model.get_weights()
-                for key in _HISTORY_KEYS:
-                    values = result.history.get(key, [])
-                    history[key].extend(float(v) for v in values)
-                    history[key].extend([float("nan")] * (run - len(values)))
-                history["phase"].extend([phase] * run)
-        finally:
-            train_ds.close()
-            if val_ds is not None:
-                val_ds.close()
-
+        model = self._build(bb, len(encoder.classes_), p, from_scratch)
+        history, phases, unfrozen = Trainer(self, model, bb, p, from_scratch).run(split, weights)
         # A fresh, unbuilt optimizer: Adam's moments are not kept, so saved models
         # and pickles carry weights only (continuing training starts Adam anew).
         model.compile(optimizer=keras.optimizers.Adam(p["lr"][-1]),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         self.model_ = model
-        self.classes_ = classes
+        self.classes_ = encoder.classes_
         self.history_ = history
         self.phases_ = phases
         self.unfrozen_layers_ = unfrozen
@@ -611,40 +436,6 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         self.backbone_info_ = bb.describe()
         self.__dict__.pop("_model_file", None)
         return self
-
-    def _fit_head_on_vectors(self, model, bb, train, val, p, n_epochs, class_weight,
-                             callbacks):
-        """Phase 1 on pooled vectors: the head's own layers, fed the frozen base's output.
-
-        The vectors come from :class:`featx.Embedder` (the engine), through the
-        ``cache`` store when one is given, so images a baseline or an earlier
-        fit already embedded are not forwarded again, and each image is
-        forwarded once rather than once per epoch. The head model shares its
-        layers with ``model``: training it trains the full model's head.
-        """
-        keras = import_keras()
-        from ..engine import Embedder
-        from ..store import shared_store
-
-        embedder = Embedder(bb, store=shared_store(self.cache), batch_size=int(self.batch_size),
-                            on_error="raise", progress=bool(self.verbose), policy=self.policy)
-        x_train = embedder.embed(train[0])
-        validation = None
-        if len(val[0]):
-            validation = (embedder.embed(val[0]), val[1])
-        vectors = keras.Input((x_train.shape[1],), name="vectors")
-        x = vectors
-        layers = model.layers
-        for layer in layers[layers.index(model.get_layer("base")) + 1:]:
-            x = layer(x)
-        head = keras.Model(vectors, x, name="featx_finetune_head")
-        head.compile(optimizer=keras.optimizers.Adam(p["lr"][0]),
-                     loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        batches = _classes()["VectorBatches"](x_train, train[1], self.batch_size,
-                                              _sub_seed(p["seed"], 8))
-        return head.fit(batches, validation_data=validation, epochs=n_epochs,
-                        class_weight=class_weight, callbacks=callbacks, shuffle=False,
-                        verbose=self.verbose)
 
     # -- prediction ----------------------------------------------------------
 
