@@ -372,6 +372,13 @@ def load_elpv(task: str = "binary", *, limit: Optional[int] = None) -> Dataset:
     ------
     MissingDependencyError
         When ``elpv-dataset`` is not installed (the message gives the pip command).
+
+    Examples
+    --------
+    >>> from featx.datasets import load_elpv
+    >>> sources, y, names = load_elpv(limit=4)
+    >>> len(sources), names
+    (4, ['functional', 'defective'])
     """
     spec = importlib.util.find_spec("elpv_dataset")
     if spec is None or not spec.submodule_search_locations:
@@ -425,6 +432,13 @@ def load_fashion_mnist(split: str = "train", *, limit: Optional[int] = None,
     split : {"train", "test"}
     limit : int, optional
         Keep the first ``limit // 10`` images of each class.
+
+    Examples
+    --------
+    >>> from featx.datasets import load_fashion_mnist
+    >>> sources, y, names = load_fashion_mnist("test", limit=20)  # doctest: +SKIP
+    >>> len(sources), names[:2]  # doctest: +SKIP
+    (20, ['T-shirt/top', 'Trouser'])
     """
     prefix = {"train": "train", "test": "t10k"}.get(split)
     if prefix is None:
@@ -444,7 +458,15 @@ def load_fashion_mnist(split: str = "train", *, limit: Optional[int] = None,
 
 
 def load_lfw_subset() -> Dataset:
-    """scikit-image's LFW subset: 200 25×25 gray images, 100 faces then 100 non-faces."""
+    """scikit-image's LFW subset: 200 25×25 gray images, 100 faces then 100 non-faces.
+
+    Examples
+    --------
+    >>> from featx.datasets import load_lfw_subset
+    >>> sources, y, names = load_lfw_subset()  # doctest: +SKIP
+    >>> len(sources), names  # doctest: +SKIP
+    (200, ['face', 'non-face'])
+    """
     try:
         from skimage import data
     except ImportError as exc:
@@ -463,6 +485,11 @@ def load_tfds(name: str, *, split: str = "train", limit: Optional[int] = None,
     Needs ``tensorflow_datasets`` and either the prepared data in ``data_dir``
     or network access to download it; otherwise the error says which.
     Images are written once as PNG files under ``$FEATX_HOME/datasets/tfds-<name>/``.
+
+    Examples
+    --------
+    >>> from featx.datasets import load_tfds
+    >>> sources, y, names = load_tfds("beans", limit=30)  # doctest: +SKIP
     """
     try:
         import tensorflow_datasets as tfds

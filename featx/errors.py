@@ -8,7 +8,15 @@ from __future__ import annotations
 
 
 class FeatxError(Exception):
-    """Base class of all errors featx raises deliberately."""
+    """Base class of all errors featx raises deliberately.
+
+    Examples
+    --------
+    >>> import featx
+    >>> from featx.errors import InvalidDataError
+    >>> issubclass(InvalidDataError, featx.FeatxError)
+    True
+    """
 
 
 class InvalidParameterError(FeatxError, ValueError):
@@ -67,7 +75,18 @@ class ImageDecodeError(FeatxError, ValueError):
 
 
 class HeadError(FeatxError, ValueError):
-    """A head cannot be built or fitted as asked (unknown kind, bad parameter, too few samples)."""
+    """A head cannot be built or fitted as asked (unknown kind, bad parameter, too few samples).
+
+    Examples
+    --------
+    >>> from featx.heads import make_head
+    >>> from featx.errors import HeadError
+    >>> try:
+    ...     make_head("not-a-head")
+    ... except HeadError as exc:
+    ...     print(type(exc).__name__, isinstance(exc, ValueError))
+    HeadError True
+    """
 
 
 class StoreError(FeatxError):

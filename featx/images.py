@@ -636,6 +636,14 @@ class DecodeInfo:
         EXIF orientation tag applied (1 when none).
     oriented_size : tuple of int
         Size after EXIF orientation, at decoded scale: what the resize saw.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featx.images import decode_image_with_info
+    >>> pixels, info = decode_image_with_info(np.zeros((20, 40, 3), np.uint8), (10, 10))
+    >>> pixels.shape, info.stored_size
+    ((10, 10, 3), (20, 40))
     """
 
     name: str

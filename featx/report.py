@@ -80,7 +80,16 @@ def dataset_summary(sources: Sequence, y, class_names: Sequence[str], sample: in
 
 
 def most_confidently_wrong(y_true, proba, k: int = 12) -> List[int]:
-    """Indices of misclassified items, most confident (highest predicted probability) first."""
+    """Indices of misclassified items, most confident (highest predicted probability) first.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featx.report import most_confidently_wrong
+    >>> proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    >>> most_confidently_wrong([1, 1, 1], proba)
+    [0, 2]
+    """
     y_true = np.asarray(y_true)
     pred = np.argmax(proba, axis=1)
     wrong = np.flatnonzero(pred != y_true)

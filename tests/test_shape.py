@@ -220,3 +220,25 @@ def test_thread_and_process_pools_that_decode_live_in_the_decode_pool():
         if pools.search(text) and "decode" in text and module != "featx.engine._decode":
             # Only pools that run decoding count; others (hashing, prefetch) may exist.
             assert not _calls(tree, "decode_image") and ".map(self._decode" not in text, rel
+
+
+def test_every_public_class_and_function_has_an_example():
+    """Each name in a public module's ``__all__`` shows how it is called (``>>>``);
+    ``make test`` runs them all (``--doctest-modules featx``)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import featx
+
+    names = ["featx"] + [m.name for m in pkgutil.walk_packages(featx.__path__, "featx.")
+                         if not m.name.rsplit(".", 1)[-1].startswith("_")]
+    missing = []
+    for name in names:
+        module = importlib.import_module(name)
+        for attr in getattr(module, "__all__", []):
+            obj = getattr(module, attr)
+            if (inspect.isclass(obj) or inspect.isfunction(obj)) and \
+                    ">>>" not in (inspect.getdoc(obj) or ""):
+                missing.append(f"{name}.{attr}")
+    assert not missing, f"public names without an example: {sorted(set(missing))}"

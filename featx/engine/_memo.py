@@ -56,5 +56,11 @@ MEMO = _Memo(int(float(os.environ.get("FEATX_MEMO_MB", "1024")) * 2**20))
 
 
 def clear_memo() -> None:
-    """Forget every vector the process memo holds (used when ``store=None``)."""
+    """Forget every vector the process memo holds (used when ``store=None``).
+
+    Examples
+    --------
+    >>> from featx.engine import clear_memo
+    >>> clear_memo()
+    """
     MEMO.clear()

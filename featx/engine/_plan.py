@@ -35,6 +35,15 @@ class Plan:
         Input indices that had a key (the others failed to read).
     group : numpy.ndarray of int
         For each of ``rows``, the position of its unique key.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featx.engine import plan
+    >>> keys = [b"a" * 32, b"b" * 32, b"a" * 32]
+    >>> todo = plan(keys, None, "fp")
+    >>> len(todo.keys), todo.first.tolist(), todo.group.tolist()
+    (2, [0, 1], [0, 1, 0])
     """
 
     keys: np.ndarray

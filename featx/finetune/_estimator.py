@@ -562,5 +562,11 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
 
 
 def load(path) -> FineTuneClassifier:
-    """:meth:`FineTuneClassifier.load`."""
+    """:meth:`FineTuneClassifier.load`.
+
+    Examples
+    --------
+    >>> from featx.finetune import load
+    >>> model = load("model.keras")  # doctest: +SKIP
+    """
     return FineTuneClassifier.load(path)

@@ -25,6 +25,13 @@ class Scoring(NamedTuple):
 
     ``negated`` holds the metrics scikit-learn reports negated (``neg_log_loss``),
     turned back to positive on the board.
+
+    Examples
+    --------
+    >>> from featx.leaderboard import resolve_scoring
+    >>> scoring = resolve_scoring(None, n_classes=3)
+    >>> scoring.primary, sorted(scoring.negated), scoring.described["roc_auc"]
+    ('balanced_accuracy', ['log_loss'], 'roc_auc_ovr')
     """
 
     scorers: Dict[str, object]
@@ -34,7 +41,14 @@ class Scoring(NamedTuple):
 
 
 def resolve_scoring(scoring, n_classes: int) -> Scoring:
-    """The :class:`Scoring` of a run from ``baseline(scoring=...)`` (None: the five defaults)."""
+    """The :class:`Scoring` of a run from ``baseline(scoring=...)`` (None: the five defaults).
+
+    Examples
+    --------
+    >>> from featx.leaderboard import resolve_scoring
+    >>> resolve_scoring(["accuracy", "neg_log_loss"], n_classes=2).described
+    {'accuracy': 'accuracy', 'log_loss': 'neg_log_loss'}
+    """
     if scoring is None:
         spec = {"accuracy": "accuracy", "balanced_accuracy": "balanced_accuracy",
                 "f1_macro": "f1_macro",
@@ -311,6 +325,14 @@ class Evaluation:
         Columns in ``Leaderboard.classes_`` order.
     described : str
         Where ``proba`` comes from, in words (shown in the report).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featx.leaderboard import Evaluation
+    >>> e = Evaluation(["a.png"], np.array(["cat"]), np.array([[0.7, 0.3]]), "a test")
+    >>> e.proba.argmax(axis=1).tolist()
+    [0]
     """
 
     sources: list
