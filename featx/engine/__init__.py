@@ -35,4 +35,5 @@ from ._memo import clear_memo
 from ._plan import Plan, plan
 
 __all__ = ["DecodePool", "EmbedFailure", "Embedder", "ON_ERROR", "PaddedForward", "Plan",
-           "clear_memo", "compiled_forward", "default_workers", "key_source", "plan"]
+           "clear_memo", "compiled_forward", "default_workers", "key_source", "plan",
+           "vector_fingerprint"]

@@ -8,6 +8,7 @@ locking and the commit order around them belong to :class:`~featx.store.Embeddin
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 
@@ -110,6 +111,14 @@ def read_meta(g: h5py.Group, path: str) -> dict:
         }
     except (KeyError, TypeError, ValueError, OSError) as exc:
         raise StoreError(f"{path!r}: group {g.name} is damaged (attributes: {exc})") from exc
+
+
+def read_spec(meta: dict, fp: str, path: str):
+    """The group's backbone spec, parsed from its JSON attribute."""
+    try:
+        return json.loads(meta["spec"])
+    except json.JSONDecodeError as exc:
+        raise StoreError(f"{path!r}: the spec of group {fp} is not valid JSON: {exc}") from exc
 
 
 def create_group(f: h5py.File, fp: str, spec_json: str, dim: int, need: int,

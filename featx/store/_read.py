@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Iterator, Sequence
 
 import h5py
@@ -94,12 +93,7 @@ class StoreReads:
             g = self._group(f, fp)
             if g is None:
                 return None
-            try:
-                return json.loads(self._meta(g)["spec"])
-            except json.JSONDecodeError as exc:
-                raise StoreError(
-                    f"{self.path!r}: the spec of group {fp} is not valid JSON: {exc}"
-                ) from exc
+            return _layout.read_spec(self._meta(g), fp, self.path)
 
     def count(self, fingerprint: str) -> int:
         """Number of committed rows stored for ``fingerprint`` (0 if none).

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Mapping, Sequence
 
@@ -215,12 +214,7 @@ class StoreWrites:
     ) -> None:
         meta = self._meta(g)
         if spec_obj is not None:
-            try:
-                stored = json.loads(meta["spec"])
-            except json.JSONDecodeError as exc:
-                raise StoreError(
-                    f"{self.path!r}: the spec of group {fp} is not valid JSON: {exc}"
-                ) from exc
+            stored = _layout.read_spec(meta, fp, self.path)
             diff = _spec_diff(stored if isinstance(stored, dict) else {}, spec_obj)
             if diff:
                 raise FingerprintMismatchError(
