@@ -332,3 +332,45 @@ def test_a_resize_policy_never_serves_another_policys_vectors(bb, tmp_path):
     assert len({Embedder(bb, policy=p).fingerprint for p in ("squash", "crop", "pad")}) == 3
     with EmbeddingStore(store) as opened:
         assert len(opened.fingerprints()) == 2
+
+
+@pytest.mark.parametrize("mode", sorted(__import__("featx.backbones.preprocessing",
+                                                   fromlist=["MODES"]).MODES))
+def test_preprocessing_inside_the_compiled_forward_matches_the_host(mode):
+    """Every preprocessing mode (and so every family: each registry row names one)
+    gives the same model input inside the compiled function, from uint8, as the
+    numpy preprocessing on the host gave before."""
+    from featx._env import import_keras
+    from featx.backbones.preprocessing import get_preprocessing
+    from featx.engine import PaddedForward
+
+    keras = import_keras()
+    identity = keras.Sequential([keras.Input((6, 5, 3)), keras.layers.Flatten()])
+    pre = get_preprocessing(mode)
+    pixels = np.random.RandomState(0).randint(0, 256, (3, 6, 5, 3)).astype(np.uint8)
+    pixels[0] = 0
+    pixels[1] = 255
+    inside = PaddedForward(identity, 4, (6, 5, 3), preprocessing=pre)(pixels)
+    host = PaddedForward(identity, 4, (6, 5, 3))(pre(pixels))
+    assert inside.shape == (3, 90)
+    np.testing.assert_allclose(inside, host, rtol=0, atol=1e-5)
+
+
+def test_every_family_uses_a_tested_preprocessing_mode():
+    from featx.backbones import BACKBONES
+    from featx.backbones.preprocessing import MODES
+
+    assert {spec.preprocessing for spec in BACKBONES.values()} <= set(MODES)
+
+
+@pytest.mark.realweights
+def test_uint8_forward_gives_the_host_preprocessed_vectors_on_real_weights(tmp_path):
+    """Packaged EfficientNet-Lite0 on real JPEGs: the engine (uint8 in, preprocessing
+    in the compiled function) equals the model on host-preprocessed float32 within
+    1e-5, so the fingerprint did not need to change."""
+    if not featx.backbones.offline_available("efficientnet_lite0"):
+        pytest.skip("packaged EfficientNet-Lite0 weights not installed (featx[weights])")
+    bb = featx.get_backbone("efficientnet_lite0", input_size=96)
+    paths = make_jpegs(tmp_path / "imgs", 10)
+    X = Embedder(bb, batch_size=4, progress=False).embed(paths)
+    assert np.abs(X - direct_vectors(bb, paths)).max() <= 1e-5

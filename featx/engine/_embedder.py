@@ -56,7 +56,7 @@ class EmbedFailure:
 @dataclasses.dataclass
 class _Batch:
     keys: List[bytes]
-    pixels: np.ndarray  # preprocessed float32, (len(keys), H, W, 3)
+    pixels: np.ndarray  # decoded uint8, (len(keys), H, W, 3): preprocessed in the forward
 
 
 @dataclasses.dataclass
@@ -217,8 +217,10 @@ class Embedder:
 
     def _forward_batch(self, pixels: np.ndarray) -> np.ndarray:
         if self._forward is None:
+            # uint8 in, the family's preprocessing inside the compiled function.
             self._forward = PaddedForward(self.backbone.model, self.batch_size,
-                                          self.backbone.input_shape, self.jit_compile)
+                                          self.backbone.input_shape, self.jit_compile,
+                                          self.backbone.preprocessing)
         return self._forward(pixels)
 
     def __getstate__(self):
@@ -415,7 +417,7 @@ class _Run:
             self._emit(pending_keys, pending_pixels)
 
     def _emit(self, keys: List[bytes], pixels: List[np.ndarray]) -> None:
-        self._put_item(_Batch(keys, self.bb.preprocess(np.stack(pixels))))
+        self._put_item(_Batch(keys, np.stack(pixels)))
 
     def _put_item(self, item) -> None:
         while not self.stop.is_set():
@@ -517,7 +519,7 @@ class _Run:
                 chunk.append(key)
                 pixels.append(image)
             if chunk:
-                self._forward_missing(_Batch(chunk, self.bb.preprocess(np.stack(pixels))))
+                self._forward_missing(_Batch(chunk, np.stack(pixels)))
 
     def _forward_missing(self, batch: _Batch) -> None:
         """Re-check the store (another process may have stored some keys since the

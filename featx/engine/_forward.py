@@ -15,12 +15,20 @@ __all__ = ["PaddedForward", "compiled_forward"]
 _FORWARD_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def compiled_forward(model, batch_shape: Tuple[int, ...], jit_compile: bool = False):
+def compiled_forward(model, batch_shape: Tuple[int, ...], jit_compile: bool = False,
+                     preprocessing=None):
     """The compiled forward of ``model`` at ``batch_shape``, built once per model and shape.
 
     Many Embedders share one backbone in a grid search; compiling per Embedder
     would retrace the same graph for each.  The fine-tuner predicts through it
     too.  Inputs must have exactly ``batch_shape`` (pad the last batch).
+
+    With ``preprocessing`` (a :class:`~featx.backbones.Preprocessing`), the
+    function takes **uint8** pixels and preprocesses them inside the compiled
+    graph: a quarter of the bytes cross to the device, and the host does no
+    float math (on a GPU the float32 batch transfer and the host-side
+    arithmetic, not the forward, were the ceiling). Without it, it takes
+    float32 input already preprocessed.
 
     Examples
     --------
@@ -32,13 +40,15 @@ def compiled_forward(model, batch_shape: Tuple[int, ...], jit_compile: bool = Fa
     (2, 1280)
     """
     per_model = _FORWARD_CACHE.setdefault(model, {})
-    if (batch_shape, jit_compile) not in per_model:
-        per_model[batch_shape, jit_compile] = _build_forward(model, batch_shape, jit_compile)
-    return per_model[batch_shape, jit_compile]
+    key = (batch_shape, bool(jit_compile), preprocessing)
+    if key not in per_model:
+        per_model[key] = _build_forward(model, batch_shape, jit_compile, preprocessing)
+    return per_model[key]
 
 
-def _build_forward(model, batch_shape: Tuple[int, ...], jit_compile: bool = False):
-    """``x -> model(x, training=False)`` compiled once for one fixed input shape.
+def _build_forward(model, batch_shape: Tuple[int, ...], jit_compile: bool = False,
+                   preprocessing=None):
+    """``x -> model(prepare(x), training=False)`` compiled once for one fixed input shape.
 
     ``jit_compile`` asks TensorFlow for XLA (JAX always compiles with XLA; the
     torch backend runs eagerly under ``no_grad``). Outputs are float32 whatever
@@ -46,17 +56,20 @@ def _build_forward(model, batch_shape: Tuple[int, ...], jit_compile: bool = Fals
     """
     keras = import_keras()
     backend = keras.backend.backend()
+    prepare = preprocessing.in_graph if preprocessing is not None else (lambda x: x)
     if backend == "tensorflow":
         import tensorflow as tf
 
-        fn = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32),
+        dtype = tf.uint8 if preprocessing is not None else tf.float32
+        fn = tf.function(lambda x: tf.cast(model(prepare(x), training=False), tf.float32),
                          reduce_retracing=True, jit_compile=bool(jit_compile),
-                         input_signature=[tf.TensorSpec(batch_shape, tf.float32)])
+                         input_signature=[tf.TensorSpec(batch_shape, dtype)])
         return lambda x: fn(x).numpy()
     if backend == "jax":
         import jax
 
-        fn = jax.jit(lambda tv, ntv, x: model.stateless_call(tv, ntv, x, training=False)[0])
+        fn = jax.jit(lambda tv, ntv, x: model.stateless_call(tv, ntv, prepare(x),
+                                                             training=False)[0])
         # Variable values are read at each call, so a model trained after its first
         # forward (the fine-tuner) is never run with stale weights.
         return lambda x: np.asarray(fn([v.value for v in model.trainable_variables],
@@ -67,12 +80,12 @@ def _build_forward(model, batch_shape: Tuple[int, ...], jit_compile: bool = Fals
 
         def run(x):
             with torch.no_grad():
-                out = model(x, training=False)
+                out = model(prepare(x), training=False)
                 return keras.ops.convert_to_numpy(keras.ops.cast(out, "float32"))
 
         return run
     return lambda x: keras.ops.convert_to_numpy(
-        keras.ops.cast(model(x, training=False), "float32"))
+        keras.ops.cast(model(prepare(x), training=False), "float32"))
 
 
 class PaddedForward:
@@ -90,6 +103,10 @@ class PaddedForward:
         ``(height, width, channels)``.
     jit_compile : bool, default False
         XLA on the TensorFlow backend (see :func:`compiled_forward`).
+    preprocessing : Preprocessing, optional
+        Take uint8 pixels and preprocess inside the compiled function (see
+        :func:`compiled_forward`); without it, float32 input already
+        preprocessed.
 
     Examples
     --------
@@ -102,11 +119,13 @@ class PaddedForward:
     """
 
     def __init__(self, model, batch_size: int, input_shape: Tuple[int, ...],
-                 jit_compile: bool = False):
+                 jit_compile: bool = False, preprocessing=None):
         self.model = model
         self.batch_size = int(batch_size)
         self.input_shape = tuple(int(d) for d in input_shape)
         self.jit_compile = bool(jit_compile)
+        self.preprocessing = preprocessing
+        self.dtype = np.uint8 if preprocessing is not None else np.float32
         self._fn = None
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
@@ -115,10 +134,10 @@ class PaddedForward:
             raise ValueError(f"a batch of {n} exceeds the compiled batch size {self.batch_size}")
         if self._fn is None:
             self._fn = compiled_forward(self.model, (self.batch_size, *self.input_shape),
-                                        self.jit_compile)
-        pixels = np.asarray(pixels, dtype=np.float32)
+                                        self.jit_compile, self.preprocessing)
+        pixels = np.asarray(pixels, dtype=self.dtype)
         if n < self.batch_size:
-            pad = np.zeros((self.batch_size - n, *pixels.shape[1:]), dtype=np.float32)
+            pad = np.zeros((self.batch_size - n, *pixels.shape[1:]), dtype=self.dtype)
             pixels = np.concatenate([pixels, pad])
         return np.asarray(self._fn(pixels), dtype=np.float32)[:n]
 
