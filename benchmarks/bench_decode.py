@@ -1,7 +1,7 @@
 """The decode pool: threads against worker processes, images per second.
 
 ``featx.engine.DecodePool`` decodes in threads (default) or in worker processes
-(``kind="processes"``, ``Embedder(decode="processes")``). This script measures both
+(``kind="processes"``, ``Embedder(pool="processes")``). This script measures both
 on generated photo-like JPEGs (500×375, ~130 KB, as in ``bench_extract.py``) decoded
 and resized to 224×224, for 1, 2 and ``nproc`` workers, and writes the medians to
 ``docs/benchmarks.md``. A pool is started once per configuration and warmed up, so the

@@ -128,7 +128,7 @@ def _cmd_embed(args) -> int:
     bb = get_backbone(args.backbone, weights=_weights_arg(args.weights),
                       input_size=args.input_size, pooling=args.pooling)
     embedder = Embedder(bb, store=store, batch_size=args.batch_size, on_error=args.on_error,
-                        progress=False if args.quiet or args.json else None)
+                        progress=False if args.quiet or args.json else None, pool=args.pool)
     _, mask = embedder.embed(sources, return_mask=True)
     stats = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in embedder.stats.items()}
     result = {"backbone": bb.name, "fingerprint": bb.fingerprint, "cache": args.cache,
@@ -276,7 +276,7 @@ def _cmd_baseline(args) -> int:
     result = run_baseline(sources, y, backbones=args.backbone, heads=args.head, cv=args.cv,
                           cache=cache, weights=_weights_arg(args.weights),
                           input_size=args.input_size, batch_size=args.batch_size,
-                          n_jobs=args.jobs, progress=not quiet, test=test)
+                          n_jobs=args.jobs, progress=not quiet, test=test, pool=args.pool)
     if args.finetune:
         params = {"epochs": tuple(args.finetune_epochs)} if args.finetune_epochs else {}
         # Keras' one line per epoch: the only progress a minutes-long training shows.
@@ -408,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the backbone's own)")
     p.add_argument("--pooling", choices=["avg", "max", "gem"], default="avg")
     p.add_argument("--batch-size", type=_int_in(1, 4096), default=32)
+    p.add_argument("--pool", default="auto", metavar="{auto,threads,processes}",
+                   help="where images are read and decoded: worker threads or processes "
+                        "(auto: processes from 4 cores and 256 images; default: %(default)s)")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32",
                    help="storage dtype of the vectors")
     p.add_argument("--on-error", choices=["raise", "skip"], default="raise")
@@ -438,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=_int_in(MIN_INPUT_SIZE, MAX_INPUT_SIZE), default=None,
                    help=f"input side in pixels, {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE}")
     p.add_argument("--batch-size", type=_int_in(1, 4096), default=32)
+    p.add_argument("--pool", default="auto", metavar="{auto,threads,processes}",
+                   help="where images are read and decoded: worker threads or processes "
+                        "(auto: processes from 4 cores and 256 images; default: %(default)s)")
     p.add_argument("--cache", help="HDF5 store (default OUT/embeddings.h5)")
     p.add_argument("--limit", type=_int_in(1),
                    help="keep the first LIMIT/n_classes images per class")

@@ -28,7 +28,7 @@ from .backbones import DTYPES, POOLINGS, Backbone, BackboneConfig, clear_config_
 from .backbones.registry import get_spec
 from .errors import FeatxError, ImageDecodeError, InvalidParameterError
 from ._params import Interval, Options, check_params
-from .engine import ON_ERROR, DecodePool, default_workers
+from .engine import ON_ERROR, POOLS, DecodePool, default_workers
 from .images import RESIZE_POLICIES, as_sources, check_decode_options
 from .store import EmbeddingStore
 
@@ -197,6 +197,9 @@ class ImageEmbedder(_ImageInputMixin, TransformerMixin, BaseEstimator):
         tqdm bar on stderr while forwarding.
     policy : {"squash", "crop", "pad"}, default "squash"
         How images are fitted to the input size (:func:`featx.images.decode_image`).
+    pool : {"auto", "threads", "processes"}, default "auto"
+        Where the engine reads and decodes images (see :class:`~featx.Embedder`);
+        ``stats_["pool"]`` says which ran. Vectors do not depend on it.
 
     Attributes
     ----------
@@ -286,11 +289,12 @@ class ImageEmbedder(_ImageInputMixin, TransformerMixin, BaseEstimator):
         "on_error": [Options(ON_ERROR)],
         "progress": [bool, None],
         "policy": [Options(RESIZE_POLICIES)],
+        "pool": [Options(POOLS)],
     }
 
     def __init__(self, backbone="efficientnet_lite0", weights="packaged", input_size=None,
                  pooling="avg", cache=None, batch_size=32, dtype="float32", on_error="raise",
-                 progress=False, policy="squash"):
+                 progress=False, policy="squash", pool="auto"):
         self.backbone = backbone
         self.weights = weights
         self.input_size = input_size
@@ -301,6 +305,7 @@ class ImageEmbedder(_ImageInputMixin, TransformerMixin, BaseEstimator):
         self.on_error = on_error
         self.progress = progress
         self.policy = policy
+        self.pool = pool
 
     # -- the backbone, from the process cache --------------------------------
 
@@ -333,7 +338,12 @@ class ImageEmbedder(_ImageInputMixin, TransformerMixin, BaseEstimator):
         from .store import shared_store
 
         return Embedder(bb, store=shared_store(self.cache), batch_size=self.batch_size,
-                        on_error=self.on_error, progress=self.progress, policy=self.policy)
+                        on_error=self.on_error, progress=self.progress, policy=self.policy,
+                        pool=self.pool)
+
+    def __setstate__(self, state):
+        state.setdefault("pool", "auto")  # models saved before the parameter existed
+        super().__setstate__(state)
 
     def _embed(self, sources: list):
         """Vectors, mask and engine stats of ``sources`` (a list of Source)."""

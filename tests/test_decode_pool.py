@@ -125,9 +125,9 @@ def test_bad_arguments_are_refused_at_once():
         DecodePool(SIZE, kind="gpu")
     with pytest.raises(FeatxError, match="workers"):
         DecodePool(SIZE, workers=0)
-    with pytest.raises(FeatxError, match="decode must be one of"):
+    with pytest.raises(FeatxError, match="pool must be one of"):
         Embedder(featx.get_backbone("mobilenet_v2", weights=None, input_size=32),
-                 decode="fibers")
+                 pool="fibers")
 
 
 ORPHAN_CHILD = textwrap.dedent("""
@@ -165,7 +165,7 @@ CTRL_C_CHILD = textwrap.dedent("""
     from featx.errors import EmbedInterrupted
     paths = open(sys.argv[1]).read().split()
     bb = featx.get_backbone("mobilenet_v2", weights=None, input_size=32)
-    emb = Embedder(bb, batch_size=4, progress=False, decode="processes", workers=2)
+    emb = Embedder(bb, batch_size=4, progress=False, pool="processes", workers=2)
     import featx.engine._decode as decode
     original = decode._ProcessDecoders._start
     def start(self):  # tells the parent each worker's pid
@@ -214,14 +214,29 @@ def test_ctrl_c_reaches_the_parent_and_ends_the_workers(tmp_path):
             proc.kill()
 
 
-def test_embedder_with_worker_processes_gives_the_same_vectors(tmp_path):
+def test_threads_and_processes_give_the_same_vectors_order_failures_and_counts(tmp_path):
     bb = featx.get_backbone("mobilenet_v2", weights=None, input_size=32)
     paths = make_jpegs(tmp_path / "imgs", 12, size=(50, 37))
-    featx.engine.clear_memo()
-    X_threads = Embedder(bb, batch_size=4, progress=False).embed(paths)
-    featx.engine.clear_memo()
-    emb = Embedder(bb, batch_size=4, progress=False, decode="processes", workers=2)
-    X_procs = emb.embed(paths + [paths[0]])
-    assert emb.stats["forwarded"] == 12
-    np.testing.assert_array_equal(X_procs[:12], X_threads)
-    np.testing.assert_array_equal(X_procs[12], X_threads[0])
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    sources = paths[6:] + [str(broken)] + paths[:6] + [paths[0], str(tmp_path / "gone.jpg")]
+    runs = {}
+    for kind in ("threads", "processes"):
+        featx.engine.clear_memo()
+        emb = Embedder(bb, batch_size=4, progress=False, pool=kind, workers=2, on_error="skip")
+        X = emb.embed(sources)
+        runs[kind] = (X, [(f.index, f.source) for f in emb.failures_], emb.stats)
+    (X_t, fail_t, stats_t), (X_p, fail_p, stats_p) = runs["threads"], runs["processes"]
+    np.testing.assert_array_equal(X_p, X_t)  # NaN rows in the same places too
+    assert fail_p == fail_t and [i for i, _ in fail_t] == [6, 14]
+    for counter in ("images", "unique", "cache_hits", "forwarded", "failed"):
+        assert stats_p[counter] == stats_t[counter], counter
+    assert (stats_t["pool"], stats_p["pool"]) == ("threads", "processes")
+    assert stats_t["forwarded"] == 12
+
+
+def test_auto_pool_takes_threads_for_a_small_job_on_few_cores(tmp_path):
+    bb = featx.get_backbone("mobilenet_v2", weights=None, input_size=32)
+    emb = Embedder(bb, batch_size=4, progress=False, workers=2)
+    emb.embed(make_jpegs(tmp_path / "imgs", 3, size=(40, 30)))
+    assert emb.pool == "auto" and emb.stats["pool"] == "threads"

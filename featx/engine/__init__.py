@@ -27,13 +27,13 @@ decoding overlaps the forward pass.  Vectors always come back in input order.
 
 from __future__ import annotations
 
-from ._decode import DecodePool, default_workers
+from ._decode import POOLS, DecodePool, choose_pool, default_workers
 from ._embedder import ON_ERROR, EmbedFailure, Embedder
 from ._forward import PaddedForward, compiled_forward
 from ._keys import key_source, vector_fingerprint
 from ._memo import clear_memo
 from ._plan import Plan, plan
 
-__all__ = ["DecodePool", "EmbedFailure", "Embedder", "ON_ERROR", "PaddedForward", "Plan",
+__all__ = ["DecodePool", "POOLS", "choose_pool", "EmbedFailure", "Embedder", "ON_ERROR", "PaddedForward", "Plan",
            "clear_memo", "compiled_forward", "default_workers", "key_source", "plan",
            "vector_fingerprint"]

@@ -17,7 +17,7 @@ from ..backbones import Backbone, get_backbone
 from ..errors import EmbedInterrupted, FeatxError, InvalidParameterError
 from ..images import RESIZE_POLICIES, Source, as_sources
 from ..store import EmbeddingStore
-from ._decode import KINDS as DECODE_KINDS, DecodePool, default_workers
+from ._decode import POOLS, DecodePool, choose_pool, default_workers
 from ._forward import PaddedForward
 from ._keys import key_source, vector_fingerprint
 from ._memo import MEMO
@@ -89,10 +89,12 @@ class Embedder:
     workers : int, optional
         Decoders running at once, and threads that read and hash (default: CPU
         count, at least 2).
-    decode : {"threads", "processes"}, default "threads"
-        Where images are decoded (see :class:`~featx.engine.DecodePool`):
+    pool : {"auto", "threads", "processes"}, default "auto"
+        Where images are read and decoded (see :class:`~featx.engine.DecodePool`):
         threads suit a few cores; worker processes keep scaling where threads
-        stop (many cores feeding an accelerator).
+        stop (many cores feeding an accelerator). ``"auto"`` picks by cores and
+        job size (:func:`~featx.engine.choose_pool`); ``stats["pool"]`` says
+        which ran.
     exclusive_forward : bool, default True
         With a store: hold its writer lock from the re-check of a batch's keys to
         their ``put``, so processes sharing one store never forward the same image
@@ -134,13 +136,13 @@ class Embedder:
                  on_error: str = "raise", progress: Optional[bool] = None,
                  policy: str = "squash", workers: Optional[int] = None,
                  exclusive_forward: bool = True, jit_compile: bool = False,
-                 decode: str = "threads"):
+                 pool: str = "auto"):
         if on_error not in ON_ERROR:
             raise InvalidParameterError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         if policy not in RESIZE_POLICIES:
             raise InvalidParameterError(f"policy must be one of {RESIZE_POLICIES}, got {policy!r}")
-        if decode not in DECODE_KINDS:
-            raise InvalidParameterError(f"decode must be one of {DECODE_KINDS}, got {decode!r}")
+        if pool not in POOLS:
+            raise InvalidParameterError(f"pool must be one of {POOLS}, got {pool!r}")
         if int(batch_size) < 1:
             raise InvalidParameterError(f"batch_size must be >= 1, got {batch_size!r}")
         if isinstance(backbone, str):  # after the cheap checks: building costs seconds
@@ -155,7 +157,7 @@ class Embedder:
         self.progress = progress
         self.policy = policy
         self.workers = int(workers or default_workers())
-        self.decode = decode
+        self.pool = pool
         self.stats: Dict[str, float] = {}
         self.failures_: List[EmbedFailure] = []
         self.mask_ = np.zeros(0, dtype=bool)
@@ -257,7 +259,9 @@ class _Run:
         self.rows_at_start: Optional[int] = None
         self.error: Optional[BaseException] = None
         self.size = (self.bb.input_size, self.bb.input_size)
-        self.pool = DecodePool(self.size, embedder.policy, embedder.workers, embedder.decode)
+        kind = choose_pool(embedder.pool, n, embedder.workers)
+        self.stats["pool"] = kind
+        self.pool = DecodePool(self.size, embedder.policy, embedder.workers, kind)
         self.bar = self._make_bar(n)
         self.fp = embedder.fingerprint
         self.spec = self.bb.describe()

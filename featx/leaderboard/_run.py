@@ -140,7 +140,7 @@ def _embed(items, backbone_names, settings: dict, progress) -> _Embedded:
         front = ImageEmbedder(backbone=name, weights=settings["weights"],
                               input_size=settings["input_size"], cache=settings["cache"],
                               batch_size=settings["batch_size"], on_error="skip",
-                              progress=progress)
+                              progress=progress, pool=settings["pool"])
         X = front.transform(items)
         done.add(name, front, X, front.mask_, front.failures_)
         stats = done.stats[name] = front.stats_
@@ -246,7 +246,7 @@ def _check_names(backbones, heads) -> Tuple[List[str], List[str]]:
 def run_baseline(sources, y=None, *, backbones=("efficientnet_lite0",),
                  heads=("logreg", "svm", "xgboost"), cv=5, scoring=None, cache=None,
                  random_state=0, n_jobs=None, weights="packaged", input_size=None,
-                 batch_size=32, progress=False, test=None) -> BaselineResult:
+                 batch_size=32, progress=False, test=None, pool="auto") -> BaselineResult:
     """Cross-validate every backbone × head on frozen vectors; return a :class:`BaselineResult`.
 
     The parameters are those of :func:`~featx.baseline` (without fine-tuning:
@@ -282,7 +282,7 @@ def run_baseline(sources, y=None, *, backbones=("efficientnet_lite0",),
     scoring = resolve_scoring(scoring, len(classes))
     settings = dict(backbones=backbone_names, weights=weights, input_size=input_size,
                     batch_size=batch_size, cache=cache, random_state=random_state,
-                    n_jobs=n_jobs)
+                    n_jobs=n_jobs, pool=pool)
 
     # 1. Features: each backbone once over all images (the engine dedups by content).
     embedded = _embed(items, backbone_names, settings, progress)
@@ -339,7 +339,7 @@ def run_baseline(sources, y=None, *, backbones=("efficientnet_lite0",),
 def baseline(sources, y=None, *, backbones=("efficientnet_lite0",),
              heads=("logreg", "svm", "xgboost"), cv=5, scoring=None, cache=None, random_state=0,
              n_jobs=None, weights="packaged", input_size=None, batch_size=32, progress=False,
-             test=None, finetune=False, finetune_params=None) -> Leaderboard:
+             test=None, finetune=False, finetune_params=None, pool="auto") -> Leaderboard:
     """Cross-validate every backbone × head on frozen vectors; return a :class:`Leaderboard`.
 
     Each backbone embeds all unique images once, through the engine (with
@@ -398,6 +398,8 @@ def baseline(sources, y=None, *, backbones=("efficientnet_lite0",),
         (``epochs``, ``input_size``, ``augment`` …); a nested ``"scratch"`` dict
         overrides the scratch row only. The scratch row always has
         ``weights=None, unfreeze="all"``.
+    pool : {"auto", "threads", "processes"}, default "auto"
+        Where images are read and decoded (see :class:`~featx.Embedder`).
 
     Returns
     -------
@@ -431,7 +433,7 @@ def baseline(sources, y=None, *, backbones=("efficientnet_lite0",),
     result = run_baseline(sources, y, backbones=backbones, heads=heads, cv=cv, scoring=scoring,
                           cache=cache, random_state=random_state, n_jobs=n_jobs, weights=weights,
                           input_size=input_size, batch_size=batch_size, progress=progress,
-                          test=test)
+                          test=test, pool=pool)
     if finetune:
         result = add_finetune_rows(result, finetune_params)
     return result.board
