@@ -6,12 +6,19 @@ policy, name)`` as length-prefixed pickle frames on stdin and answers each with
 Pillow and numpy (through :mod:`featx.images`), never a deep-learning
 framework, so it starts in well under a second.
 
+Pixels do not travel through the pipe: the parent first sends ``("map", path,
+nbytes)``, a file (in ``/dev/shm`` where there is one) that both sides map; the
+worker writes each result's pixels there and answers ``(("slot", shape), error,
+seconds)``. The parent deletes the file once both have mapped it, so nothing is
+left behind whatever happens to either process.
+
 It lives outside :mod:`featx.engine` so that starting it does not import the
 engine (h5py, the store, the backbones).
 """
 
 from __future__ import annotations
 
+import mmap
 import pickle
 import signal
 import struct
@@ -70,20 +77,35 @@ def _read_exactly(stream, n: int) -> bytes:
     return b"".join(chunks)
 
 
+def map_slot(path: str, nbytes: int) -> mmap.mmap:
+    """Map the shared pixel slot file at ``path`` (both processes call it)."""
+    with open(path, "r+b") as handle:
+        return mmap.mmap(handle.fileno(), nbytes)
+
+
 def main() -> None:
     # Ctrl-C is the parent's to handle: it closes the pool, which ends this process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # a stray print must never corrupt the reply stream
+    slot: Optional[mmap.mmap] = None
     while True:
         try:
-            source, size, policy, name = read_frame(requests)
+            job = read_frame(requests)
         except EOFError:  # the parent closed the pool, or died
             return
+        if len(job) == 3:  # ("map", path, nbytes); jobs have four fields
+            slot = map_slot(job[1], job[2])
+            write_frame(replies, ("mapped",))
+            continue
+        source, size, policy, name = job
         result = decode_one(source, size, policy, name)
         error = None if result.error is None else (type(result.error).__name__,
                                                    str(result.error))
         pixels = None if result.pixels is None else np.ascontiguousarray(result.pixels)
+        if pixels is not None and slot is not None and pixels.nbytes <= len(slot):
+            np.frombuffer(slot, np.uint8, count=pixels.nbytes)[:] = pixels.reshape(-1)
+            pixels = ("slot", pixels.shape)
         write_frame(replies, (pixels, error, result.seconds))
 
 

@@ -35,6 +35,7 @@ import os
 import queue
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,7 +43,7 @@ from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, 
 
 import numpy as np
 
-from .._decode_worker import DecodeResult, decode_one, read_frame, write_frame
+from .._decode_worker import DecodeResult, decode_one, map_slot, read_frame, write_frame
 from ..errors import FeatxError, ImageDecodeError, InvalidParameterError
 from ..images import Source, check_decode_options
 
@@ -163,7 +164,7 @@ class DecodePool:
                 lambda job: decode_one(job[0], self.size, self.policy, job[1]),
                 zip(sources, names))
         if self._procs is None:
-            self._procs = _ProcessDecoders(self.workers)
+            self._procs = _ProcessDecoders(self.workers, self.size[0] * self.size[1] * 3)
         futures = [self._procs.submit((_payload(s), self.size, self.policy, name))
                    for s, name in zip(sources, names)]
         return (self._procs.result(f) for f in futures)
@@ -208,9 +209,15 @@ def _payload(source):
 
 
 class _ProcessDecoders:
-    """Worker interpreters fed over pipes; one feeder thread per worker in this process."""
+    """Worker interpreters fed over pipes; one feeder thread per worker in this process.
 
-    def __init__(self, n: int):
+    Each worker writes its pixels into a shared slot of ``slot_bytes`` (one decoded
+    image) that its feeder copies out before sending the next job: no pixel array
+    is pickled or pushed through a pipe.
+    """
+
+    def __init__(self, n: int, slot_bytes: int):
+        self.slot_bytes = int(slot_bytes)
         self.jobs: "queue.Queue" = queue.Queue()
         self.stopping = threading.Event()
         self.lock = threading.Lock()
@@ -247,8 +254,22 @@ class _ProcessDecoders:
             self.procs.append(proc)
         return proc
 
+    def _share_slot(self, proc: subprocess.Popen):
+        """A file both processes map, deleted at once: it outlives neither of them."""
+        folder = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+        fd, path = tempfile.mkstemp(prefix="featx-pixels-", dir=folder)
+        try:
+            os.ftruncate(fd, self.slot_bytes)
+            os.close(fd)
+            slot = map_slot(path, self.slot_bytes)
+            write_frame(proc.stdin, ("map", path, self.slot_bytes))
+            read_frame(proc.stdout)  # ("mapped",)
+        finally:
+            os.unlink(path)
+        return slot
+
     def _feed(self) -> None:
-        proc = None
+        proc = slot = None
         while not self.stopping.is_set():
             try:
                 job, future = self.jobs.get(timeout=0.25)
@@ -259,7 +280,8 @@ class _ProcessDecoders:
             try:
                 if proc is None or proc.poll() is not None:
                     proc = self._start()
-                future.set_result(self._ask(proc, job))
+                    slot = self._share_slot(proc)
+                future.set_result(self._ask(proc, slot, job))
             except BaseException as exc:  # the worker died or the pipe broke
                 name = job[3] or _describe_payload(job[0])
                 if self.stopping.is_set():
@@ -276,9 +298,12 @@ class _ProcessDecoders:
             _stop(proc)
 
     @staticmethod
-    def _ask(proc: subprocess.Popen, job) -> DecodeResult:
+    def _ask(proc: subprocess.Popen, slot, job) -> DecodeResult:
         write_frame(proc.stdin, job)
         pixels, error, seconds = read_frame(proc.stdout)
+        if isinstance(pixels, tuple):  # ("slot", shape): copied out before the next job
+            shape = pixels[1]
+            pixels = np.frombuffer(slot, np.uint8, count=int(np.prod(shape))).reshape(shape).copy()
         if error is not None:
             error = _rebuild_error(*error)
         return DecodeResult(pixels, error, seconds)
