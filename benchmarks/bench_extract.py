@@ -74,6 +74,7 @@ KINDS = {  # name: (width, height, quality, generated at (w, h) then upscaled, g
     "small": (500, 375, 90, None, 7.0),
     "large": (4000, 3000, 90, (1000, 750), 6.0),
     "tiny": (80, 60, 90, None, 7.0),
+    "hd": (1920, 1080, 90, None, 7.0),  # bench_gpu.py's second set
 }
 
 
@@ -119,7 +120,7 @@ _GRAIN: Dict[tuple, np.ndarray] = {}
 
 def _make_image(kind: str, index: int, path: str) -> int:
     w, h, quality, base, grain = KINDS[kind]
-    seed = {"small": 1, "large": 2, "tiny": 3}[kind] * 10_000_000 + index
+    seed = {"small": 1, "large": 2, "tiny": 3, "hd": 4}[kind] * 10_000_000 + index
     if base is None:
         img = photo_like(seed, w, h, grain)
     else:  # a smaller photo upscaled to 12 MP, plus full-resolution grain
