@@ -70,8 +70,11 @@ class UnsafePickleError(FeatxError):
     """A pickle stream asked for a global outside the reader's allow-list; nothing was executed."""
 
 
-class ImageDecodeError(FeatxError, ValueError):
-    """An image file or array could not be turned into pixels; the message names the source."""
+class ImageDecodeError(InvalidDataError):
+    """An image file or array could not be turned into pixels; the message names the source.
+
+    An :class:`InvalidDataError` (and so a ``ValueError``): the input, not featx,
+    is what has to change."""
 
 
 class HeadError(FeatxError, ValueError):

@@ -318,6 +318,23 @@ def _check_pixels(arr: np.ndarray, label: str) -> np.ndarray:
     return arr
 
 
+#: Files that list images (``path[,label]`` rows) rather than being one.
+LISTING_SUFFIXES = (".csv", ".tsv", ".txt")
+
+
+def _is_pil_image(x) -> bool:
+    """A ``PIL.Image.Image``, recognised without importing Pillow for other inputs."""
+    return type(x).__module__.startswith("PIL.") and hasattr(x, "getbands")
+
+
+def _pil_pixels(image, name: str) -> np.ndarray:
+    """A PIL image's pixels as a uint8 array decode_image accepts (gray, RGB or RGBA)."""
+    if image.mode not in ("L", "RGB", "RGBA"):
+        image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in
+                              image.info else "RGB")
+    return _check_pixels(np.asarray(image), name)
+
+
 def as_sources(x: Any) -> list[Source]:
     """Normalise any accepted input into a list of :class:`Source`, in input order.
 
@@ -329,8 +346,10 @@ def as_sources(x: Any) -> list[Source]:
         * a list, tuple, 1-D ``numpy`` object/str array or ``pandas.Series`` of
           paths (or of per-image arrays, which may differ in size);
         * a ``uint8`` array ``(N, H, W)`` or ``(N, H, W, C)`` with ``C`` in 1, 3, 4.
-          A 3-D array is always a batch of gray images, never one colour image:
-          wrap a single image as ``img[None]``.
+          A 3-D array is a batch of gray images; one whose last axis is 3 or 4
+          (one colour image?) is refused as ambiguous: wrap a single image as
+          ``[img]`` or ``img[None]``;
+        * ``PIL.Image`` objects, alone or in a list (any mode; converted to RGB).
 
         Paths in sequences are not checked here; a missing file fails when it is
         read, so a caller can choose to skip it.
@@ -371,6 +390,11 @@ def as_sources(x: Any) -> list[Source]:
             return [Source(path=p, index=i) for i, p in enumerate(paths)]
         if not os.path.exists(path):
             raise ImageDecodeError(f"{path!r} does not exist; expected an image file or a folder")
+        if path.lower().endswith(LISTING_SUFFIXES):
+            raise ImageDecodeError(
+                f"{path!r} is a listing, not an image: read its paths with "
+                "featx.datasets.load_source(path) (returns sources, labels, class names) and "
+                "pass the sources")
         return [Source(path=path, index=0)]
     if isinstance(x, (bytes, bytearray, memoryview)):
         raise ImageDecodeError(
@@ -382,7 +406,15 @@ def as_sources(x: Any) -> list[Source]:
         raise ImageDecodeError(
             "input: received a DataFrame; expected one column of it (df['path'])")
 
+    if _is_pil_image(x):
+        return [Source(array=_pil_pixels(x, "input"), index=0)]
     if isinstance(x, np.ndarray) and x.dtype != object and x.dtype.kind not in "US":
+        if x.ndim == 3 and x.shape[-1] in (3, 4) and x.dtype == np.uint8:
+            raise ImageDecodeError(
+                f"input: a uint8 array of shape {x.shape} is ambiguous: one colour image, or "
+                f"{x.shape[0]} gray images {x.shape[1]} × {x.shape[2]} pixels? For one colour "
+                "image pass [img] (or img[None]); for a batch of gray images pass a list of "
+                "2-D arrays")
         if x.ndim in (3, 4):
             if x.dtype != np.uint8:
                 _check_pixels(x, "input")  # raises the uint8 message for the whole batch
@@ -423,6 +455,8 @@ def as_sources(x: Any) -> list[Source]:
             out.append(Source(path=os.fspath(item), index=i))
         elif isinstance(item, np.ndarray):
             out.append(Source(array=_check_pixels(item, f"array[{i}]"), index=i))
+        elif _is_pil_image(item):
+            out.append(Source(array=_pil_pixels(item, f"array[{i}]"), index=i))
         else:
             raise ImageDecodeError(
                 f"input[{i}]: received {type(item).__name__} {item!r:.60}; "

@@ -539,3 +539,14 @@ def test_bad_labels_are_refused():
     with pytest.raises(FeatxError, match="stratified"):
         FineTuneClassifier(**{**TINY, "weights": None, "validation_fraction": 0.2}).fit(
             x, ["a", "a", "a", "b"])
+
+
+def test_predict_before_fit_and_continuous_labels_are_clear_errors():
+    """Issue 14: predict before fit raised AttributeError (classes_); a continuous y got
+    as far as a stratification error about "12 classes"."""
+    clf = FineTuneClassifier(backbone="mobilenet_v2", weights=None, input_size=32)
+    images = np.random.RandomState(0).randint(0, 255, (12, 32, 32, 3)).astype(np.uint8)
+    with pytest.raises(NotFittedError):
+        clf.predict(images)
+    with pytest.raises(featx.errors.InvalidDataError, match="continuous"):
+        clf.fit(images, np.linspace(0.0, 1.0, 12))

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+import featx
 import featx.images as images
 from featx.errors import FeatxError, ImageDecodeError, InvalidParameterError
 from featx.images import (
@@ -672,3 +673,35 @@ def test_decoding_in_threads_matches_serial(tmp_path):
     with ThreadPoolExecutor(4) as pool:
         threaded = list(pool.map(lambda p: decode_image(p, (32, 32), policy="crop"), paths))
     assert all(np.array_equal(a, b) for a, b in zip(serial, threaded))
+
+
+def test_one_colour_image_as_a_3d_array_is_refused_with_both_readings():
+    """Issue 14: (28, 28, 3) was read as 28 gray images of 28 × 3 pixels."""
+    rgb = np.zeros((28, 28, 3), np.uint8)
+    with pytest.raises(featx.errors.InvalidDataError) as info:
+        as_sources(rgb)
+    message = str(info.value)
+    assert "(28, 28, 3)" in message and "[img]" in message and "gray" in message
+    assert len(as_sources([rgb])) == 1 and len(as_sources(rgb[None])) == 1
+    assert len(as_sources(np.zeros((5, 28, 28), np.uint8))) == 5  # last axis not 3/4: gray
+
+
+def test_pil_images_are_sources(tmp_path):
+    from PIL import Image
+
+    pixels = np.random.RandomState(0).randint(0, 255, (20, 30, 3)).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    gray = Image.fromarray(pixels[..., 0])
+    palette = image.convert("P")
+    sources = as_sources([image, gray, palette])
+    assert [s.describe() for s in sources] == ["array[0]", "array[1]", "array[2]"]
+    np.testing.assert_array_equal(decode_image(sources[0], (20, 30)), pixels)
+    assert decode_image(sources[2], (20, 30)).shape == (20, 30, 3)
+    assert len(as_sources(image)) == 1
+
+
+def test_a_listing_file_passed_as_an_image_says_what_to_do(tmp_path):
+    listing = tmp_path / "images.csv"
+    listing.write_text("path,label\na.jpg,cat\n")
+    with pytest.raises(featx.errors.InvalidDataError, match="load_source"):
+        as_sources(str(listing))

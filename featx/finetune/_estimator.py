@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
 from sklearn.preprocessing import LabelEncoder
+from sklearn.utils.multiclass import type_of_target
 
 from .._env import import_keras
 from ..errors import FeatxError, InvalidDataError, InvalidParameterError
@@ -410,6 +411,12 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         if y.ndim != 1 or len(y) != len(items):
             raise InvalidDataError(f"y must be 1-D with one label per image; got shape {y.shape} "
                                    f"for {len(items)} images")
+        kind = type_of_target(y)
+        if kind not in ("binary", "multiclass"):
+            raise InvalidDataError(
+                f"y looks {kind} ({len(np.unique(y))} distinct values, e.g. "
+                f"{np.unique(y)[:3].tolist()}); a classifier needs class labels: strings or "
+                "integers, one per image")
         encoder = LabelEncoder().fit(y)
         if len(encoder.classes_) < 2:
             raise InvalidDataError(
@@ -479,7 +486,8 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, sources) -> np.ndarray:
         """The most probable label of each image (values of ``classes_``)."""
-        return self.classes_[np.argmax(self.predict_proba(sources), axis=1)]
+        proba = self.predict_proba(sources)  # first: it raises NotFittedError before fit
+        return self.classes_[np.argmax(proba, axis=1)]
 
     # -- persistence ---------------------------------------------------------
 
