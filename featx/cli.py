@@ -131,8 +131,8 @@ def _cmd_embed(args) -> int:
                         progress=False if args.quiet or args.json else None, pool=args.pool)
     _, mask = embedder.embed(sources, return_mask=True)
     stats = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in embedder.stats.items()}
-    result = {"backbone": bb.name, "fingerprint": bb.fingerprint, "cache": args.cache,
-              "stats": stats,
+    result = {"backbone": bb.name, "weights": bb.weights.kind, "fingerprint": bb.fingerprint,
+              "cache": args.cache, "stats": stats,
               "failures": [dict(index=f.index, source=f.source, reason=f.reason)
                            for f in embedder.failures_]}
     if args.json:
@@ -251,7 +251,7 @@ def _cmd_baseline(args) -> int:
     import os
     import time
 
-    from .backbones import get_spec
+    from .backbones import get_spec, resolve_weights
     from .heads import resolve_kind
     from .io import save_bundle
     from .leaderboard import add_finetune_rows, run_baseline
@@ -269,12 +269,15 @@ def _cmd_baseline(args) -> int:
     cache = args.cache or os.path.join(args.out, "embeddings.h5")
     quiet = args.quiet or args.json
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    weights = _weights_arg(args.weights)
+    chosen = ", ".join(f"{name} {resolve_weights(name, weights) or 'random'}"
+                       for name in args.backbone)
     say(f"featx baseline: {len(sources)} images, {len(names)} classes from {described}; "
-        f"backbones {', '.join(args.backbone)}; heads {', '.join(args.head)}; "
+        f"backbones {', '.join(args.backbone)} (weights: {chosen}); heads {', '.join(args.head)}; "
         f"{args.cv}-fold CV; cache {cache}"
         + (f"; + fine-tuned and scratch {args.backbone[0]} on fold 0" if args.finetune else ""))
     result = run_baseline(sources, y, backbones=args.backbone, heads=args.head, cv=args.cv,
-                          cache=cache, weights=_weights_arg(args.weights),
+                          cache=cache, weights=weights,
                           input_size=args.input_size, batch_size=args.batch_size,
                           n_jobs=args.jobs, progress=not quiet, test=test, pool=args.pool)
     if args.finetune:
@@ -401,8 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", metavar="SRC", help="image folder, CSV (path,label) or image file")
     p.add_argument("--backbone", "-b", default="efficientnet_lite0")
     p.add_argument("--cache", "-c", required=True, help="HDF5 store file (created if absent)")
-    p.add_argument("--weights", default="packaged",
-                   help="packaged | imagenet | none | PATH (default: packaged)")
+    p.add_argument("--weights", default="auto",
+                   help="auto | packaged | imagenet | none | PATH (default: auto = packaged "
+                        "where installed, else imagenet)")
     p.add_argument("--input-size", type=_int_in(MIN_INPUT_SIZE, MAX_INPUT_SIZE), default=None,
                    help=f"input side in pixels, {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} "
                         "(default: the backbone's own)")
@@ -437,7 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", nargs="+", default=["logreg", "svm", "xgboost"],
                    help="logreg svm linear_svm xgboost knn random_forest")
     p.add_argument("--cv", type=_int_in(2, 100), default=5, help="folds (default 5)")
-    p.add_argument("--weights", default="packaged", help="packaged | imagenet | none | PATH")
+    p.add_argument("--weights", default="auto",
+                   help="auto | packaged | imagenet | none | PATH (default: auto = packaged "
+                        "where installed, else imagenet)")
     p.add_argument("--input-size", type=_int_in(MIN_INPUT_SIZE, MAX_INPUT_SIZE), default=None,
                    help=f"input side in pixels, {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE}")
     p.add_argument("--batch-size", type=_int_in(1, 4096), default=32)

@@ -182,3 +182,24 @@ def test_baseline_finetune_adds_held_out_rows_and_training_curves(tree, tmp_path
     assert protocols["logreg"] == "2-fold CV"
     assert (out / "training.png").is_file()
     assert "training curves" in (out / "index.html").read_text()
+
+
+@pytest.mark.realweights
+def test_weights_default_to_auto_and_say_which_were_used(tree, tmp_path):
+    """Issue 14: --weights defaulted to packaged, so every backbone without packaged
+    weights failed even where Keras could download. auto = packaged where installed,
+    else imagenet, and the choice is printed."""
+    import featx
+
+    if not featx.backbones.offline_available("efficientnet_lite0"):
+        pytest.skip("packaged EfficientNet-Lite0 weights not installed (featx[weights])")
+    result = run("embed", tree, "--backbone", "efficientnet_lite0", "--input-size", "64",
+                 "--cache", tmp_path / "e.h5", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["weights"] == "packaged"
+    assert featx.backbones.resolve_weights("resnet50", "auto") == "imagenet"
+    assert featx.backbones.resolve_weights("efficientnet_lite0", "auto") == "packaged"
+    baseline = run("baseline", tree, "--backbone", "efficientnet_lite0", "--input-size", "64",
+                   "--head", "logreg", "--cv", "2", "--out", tmp_path / "out")
+    assert baseline.returncode == 0, baseline.stderr
+    assert "(weights: efficientnet_lite0 packaged)" in baseline.stdout

@@ -12,6 +12,7 @@ from .base import (
     get_backbone,
     imagenet_class_names,
     offline_available,
+    resolve_weights,
 )
 from .config import BackboneConfig, clear_config_cache
 from .preprocessing import Preprocessing, get_preprocessing
@@ -33,4 +34,5 @@ __all__ = [
     "imagenet_class_names",
     "list_backbones",
     "offline_available",
+    "resolve_weights",
 ]

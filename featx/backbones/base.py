@@ -34,7 +34,7 @@ from .weights import (
 )
 
 __all__ = ["Backbone", "get_backbone", "POOLINGS", "DTYPES", "imagenet_class_names",
-           "decode_predictions", "offline_available"]
+           "decode_predictions", "offline_available", "resolve_weights"]
 
 POOLINGS = ("avg", "max", "gem")
 #: Compute dtypes → Keras dtype policies. Variables stay float32 in every case (so
@@ -223,8 +223,10 @@ def get_backbone(name: str, weights: Union[str, Path, None] = "packaged", input_
     ----------
     name : str
         A name from :func:`featx.list_backbones` (aliases and case variants accepted).
-    weights : {"packaged", "imagenet"}, path or None, default "packaged"
-        ``"packaged"``: real ImageNet weights from pip (Lite0/1/2, MobileNet v1);
+    weights : {"auto", "packaged", "imagenet"}, path or None, default "packaged"
+        ``"auto"``: ``"packaged"`` where installed, else ``"imagenet"``
+        (:func:`resolve_weights`); ``"packaged"``: real ImageNet weights from
+        pip (Lite0/1/2, MobileNet v1);
         ``"imagenet"``: Keras' download; a ``.weights.h5`` / ``.h5`` / ``.keras``
         path; None: random initialisation from ``seed``.
     input_size : int, optional
@@ -262,7 +264,7 @@ def get_backbone(name: str, weights: Union[str, Path, None] = "packaged", input_
     (2048, 'gem')
     """
     spec = get_spec(name)
-    choice = describe_weights_choice(weights)
+    choice = describe_weights_choice(resolve_weights(name, weights))
     if pooling not in POOLINGS:
         raise InvalidParameterError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if dtype not in DTYPES:
@@ -352,6 +354,21 @@ def decode_predictions(logits, top: int = 5) -> List[List[Tuple[str, float]]]:
     names = imagenet_class_names()
     order = np.argsort(-probs, axis=1)[:, :top]
     return [[(names[i], float(p[i])) for i in row] for p, row in zip(probs, order)]
+
+
+def resolve_weights(name: str, weights):
+    """``weights`` with ``"auto"`` resolved: ``"packaged"`` where featx has pip-packaged
+    ImageNet weights for ``name`` installed, else ``"imagenet"`` (Keras' download).
+
+    Examples
+    --------
+    >>> from featx.backbones import resolve_weights
+    >>> resolve_weights("resnet50", "auto"), resolve_weights("resnet50", None)
+    ('imagenet', None)
+    """
+    if isinstance(weights, str) and weights == "auto":
+        return "packaged" if offline_available(name) else "imagenet"
+    return weights
 
 
 def offline_available(name: str) -> bool:

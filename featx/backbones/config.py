@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..errors import FeatxError, InvalidParameterError
-from .base import Backbone, get_backbone
+from .base import Backbone, get_backbone, resolve_weights
 from .registry import get_spec
 
 __all__ = ["BackboneConfig", "clear_config_cache"]
@@ -137,7 +137,8 @@ class BackboneConfig:
         weights file are resolved, so equal models share one cache entry."""
         spec = get_spec(self.name)
         size = self.input_size if self.input_size is not None else spec.input_size
-        return (spec.name, _weights_identity(self.weights), size, self.pooling, self.dtype,
+        weights = resolve_weights(spec.name, self.weights)  # "auto" is what it resolves to
+        return (spec.name, _weights_identity(weights), size, self.pooling, self.dtype,
                 self.include_top, self.seed)
 
     def id(self) -> str:
@@ -199,7 +200,7 @@ def clear_config_cache() -> None:
 
 def _weights_identity(weights) -> Any:
     """A file by its path, size and mtime, so an edited weights file is rebuilt."""
-    if weights is None or weights in ("packaged", "imagenet"):
+    if weights is None or weights in ("auto", "packaged", "imagenet"):
         return weights
     path = os.path.abspath(weights)
     try:

@@ -98,11 +98,11 @@ def describe_weights_choice(weights) -> str:
     if isinstance(weights, os.PathLike):
         return "file"
     if isinstance(weights, str):
-        if weights in ("imagenet", "packaged"):
+        if weights in ("imagenet", "packaged", "auto"):
             return weights
         return "file"
     raise InvalidParameterError(
-        "weights must be 'imagenet', 'packaged', None (random init) or a path to a "
+        "weights must be 'auto', 'imagenet', 'packaged', None (random init) or a path to a "
         f".weights.h5 / .h5 / .keras file; got {type(weights).__name__}: {weights!r}")
 
 
