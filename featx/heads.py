@@ -332,8 +332,10 @@ class XGBoostHead(ClassifierMixin, BaseEstimator):
         """Class probabilities, columns in ``classes_`` order."""
         check_is_fitted(self)
         X = _validate_data(self, X, reset=False, dtype=np.float32)
-        proba = self.model_.predict_proba(X)
-        return np.asarray(proba, dtype=np.float64)
+        proba = np.asarray(self.model_.predict_proba(X), dtype=np.float64)
+        # XGBoost's float32 rows sum to 1 only within float32 rounding, which scikit-learn's
+        # log_loss reports as "y_prob values do not sum to one": renormalise in float64.
+        return proba / proba.sum(axis=1, keepdims=True)
 
     def predict(self, X):
         """The most probable class."""

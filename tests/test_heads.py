@@ -141,3 +141,23 @@ EXPECTED_FAILURES = {
 )
 def test_wrappers_pass_sklearn_checks(estimator, check):
     check(estimator)
+
+
+def test_xgboost_probabilities_sum_to_one_so_log_loss_does_not_warn():
+    """Issue 14: every default baseline printed sklearn's "y_prob values do not sum to
+    one" five times: XGBoost's float32 probabilities, cast to float64, sum to 1 only
+    within float32 rounding."""
+    import warnings
+
+    from sklearn.metrics import log_loss
+
+    from featx.heads import XGBoostHead
+
+    rng = np.random.RandomState(0)
+    X = rng.randn(400, 50).astype(np.float32)
+    y = (X[:, 0] + rng.randn(400) > 0).astype(int)
+    proba = XGBoostHead(n_estimators=50, n_jobs=1).fit(X, y).predict_proba(X)
+    assert proba.dtype == np.float64
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        log_loss(y, proba)
