@@ -224,6 +224,8 @@ STAGES = {"gen": stage_gen, "decode": stage_decode, "featx": stage_featx, "peer"
 
 def summarise(rows, a, argv) -> str:
     decode = {(r["set"], r["kind"]): r["img_s"] for r in rows if r.get("stage") == "decode"}
+    forward = {(r["backend"], r["model"], r["dtype"]): r["uint8_img_s"] for r in rows
+               if r.get("stage") == "forward" and "error" not in r}
     lines = []
     table = []
     for r in rows:
@@ -236,9 +238,12 @@ def summarise(rows, a, argv) -> str:
                           f"uint8 ÷ f32 {r['uint8_img_s'] / r['host_f32_img_s']:.2f}"])
         elif r.get("stage") == "e2e":
             ref = decode.get((r["set"], "processes"))
+            fwd = forward.get((r["backend"], r["model"], r["dtype"]))
+            ratios = ([f"{r['img_s'] / ref:.2f} of decode in processes"] if ref else []) + \
+                ([f"{r['img_s'] / fwd:.2f} of the uint8 forward"] if fwd else [])
             table.append([f"Embedder {r['model']} {r['dtype']} ({r['backend']}), {r['set']}, "
                           f"pool {r['pool']}, batch {r['batch']}", f"{r['img_s']:,.0f}",
-                          f"{r['img_s'] / ref:.2f} of decode in processes" if ref else "—"])
+                          "; ".join(ratios) or "—"])
         elif r.get("stage") == "decode":
             table.append([f"decode_image alone, {r['set']}, {r['workers']} {r['kind']}",
                           f"{r['img_s']:,.0f}", ""])
@@ -264,6 +269,12 @@ def summarise(rows, a, argv) -> str:
         "rows are absent.",
         "",
         md_table(["row", "img/s", "ratio"], table),
+        "",
+        "Acceptance (issue 19), on the GPU host: end to end ≥ 0.85 of `decode_image` in "
+        "processes, the forward as the engine calls it ≥ 0.7 of the device forward, the "
+        "GPU-decode path ≥ 1.0 of the nvJPEG + ResNet-50 peer. With the GPU hidden the "
+        "forward itself is the ceiling, so the end-to-end rows are read against it (\"of the "
+        "uint8 forward\").",
     ]
     return "\n".join(lines)
 
