@@ -91,17 +91,18 @@ def _cmd_backbones(args) -> int:
 
 
 def _image_sources(src: str, command: str):
-    """SRC of ``featx embed`` / ``featx predict``: a folder (any tree), a CSV listing, or one image."""
+    """SRC of ``featx embed`` / ``featx predict``: a folder (any tree), a listing (a CSV with a
+    ``path`` column, or a TXT with one path per line), or one image."""
     from pathlib import Path
 
-    from .datasets import load_csv
+    from .datasets import load_paths
     from .images import list_images
 
     path = Path(src)
     if not path.exists():
         raise _UsageError(f"featx {command}: {src}: no such file or folder")
-    if path.is_file() and path.suffix.lower() == ".csv":
-        return load_csv(path)[0]
+    if path.is_file() and path.suffix.lower() in (".csv", ".txt"):
+        return load_paths(path)
     if path.is_dir():
         paths = list_images(path)
         if not paths:
@@ -340,15 +341,19 @@ def _cmd_predict(args) -> int:
     sources = _image_sources(args.src, "predict")
     # joblib runs pickle: only load model files you trust (see README, Security).
     model, names = load_bundle(args.model, cache=args.cache)
-    proba = model.predict_proba(_objects(sources))
+    proba, kept, skipped = _predict(model, sources, args.on_error,
+                                    progress=not (args.json or args.quiet))
     classes = list(getattr(model, "classes_", range(proba.shape[1])))
     # featx baseline trains on class indices and saves the names; a model trained on
     # string labels carries them in classes_ already.
     labels = [str(names[int(c)]) if names is not None and isinstance(c, (int, np.integer))
               and 0 <= int(c) < len(names) else str(c) for c in classes]
-    rows = [{"path": src, "prediction": labels[int(p.argmax())],
+    rows = [{"path": sources[i], "prediction": labels[int(p.argmax())],
              **{f"p_{label}": float(v) for label, v in zip(labels, p)}}
-            for src, p in zip(sources, proba)]
+            for i, p in zip(kept, proba)]
+    if not rows:
+        raise _UsageError(f"featx predict: none of the {len(sources)} images could be read; "
+                          f"first: {skipped[0][0]}: {skipped[0][1]}")
     if args.out:
         # A temporary file renamed into place: no half-written CSV is ever left behind.
         # surrogateescape writes undecodable (non-UTF-8) file names back as their bytes.
@@ -366,13 +371,45 @@ def _cmd_predict(args) -> int:
                 os.unlink(tmp)
             raise
     if args.json:
-        _print_json(rows)
-    elif not args.out:
+        _print_json({"predictions": rows,
+                     "skipped": [{"source": src, "reason": why} for src, why in skipped]})
+        return 0
+    for src, why in skipped:
+        print(f"skipped {src}: {why}", file=sys.stderr)
+    if not args.out:
         _print_table([{**r, **{k: f"{v:.3f}" for k, v in r.items() if k.startswith("p_")}}
                       for r in rows], list(rows[0]))
-    else:
-        print(f"{len(rows)} predictions written to {args.out}")
+    elif not args.quiet:
+        print(f"{len(rows)} predictions written to {args.out}"
+              + (f"; {len(skipped)} images skipped" if skipped else ""))
     return 0
+
+
+def _predict(model, sources, on_error: str, progress: bool):
+    """(probabilities of the kept images, their positions, [(source, reason)] skipped).
+
+    With ``on_error="skip"`` a pipeline's image front end embeds with failures
+    skipped and the rest of the pipeline sees only the kept rows; a fine-tuned
+    model decodes every image itself, so it always raises on a bad one.
+    """
+    import numpy as np
+
+    from .sklearn import ImageEmbedder, RawPixels
+
+    steps = getattr(model, "steps", None)
+    front = steps[0][1] if steps else None
+    if isinstance(front, (ImageEmbedder, RawPixels)):
+        front.set_params(on_error=on_error)
+        if isinstance(front, ImageEmbedder):
+            front.set_params(progress=progress)
+        X = front.transform(_objects(sources))
+        kept = np.flatnonzero(front.mask_)
+        skipped = [(f.source, f.reason) for f in front.failures_]
+        return model[1:].predict_proba(X[kept]), kept, skipped
+    if on_error == "skip":
+        raise _UsageError("featx predict: --on-error skip needs a model whose first step "
+                          "embeds images (as featx baseline writes)")
+    return model.predict_proba(_objects(sources)), np.arange(len(sources)), []
 
 
 def _check_out_folder(out: str, command: str) -> None:
@@ -469,11 +506,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="predict with a saved model (from featx baseline)")
     p.add_argument("model", metavar="MODEL", help="best_model.joblib written by featx baseline")
-    p.add_argument("src", metavar="SRC", help="image folder, CSV listing or image file")
+    p.add_argument("src", metavar="SRC", help="image folder, image file, or a listing: a CSV "
+                   "with a 'path' column or a TXT with one path per line")
     p.add_argument("--out", help="write predictions to this CSV")
     p.add_argument("--cache", help="HDF5 store to keep the new images' vectors in (default: "
                    "the model's training cache is only read, never written)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                   help="an unreadable image stops the run (raise) or is listed and left out "
+                        "(skip); default: %(default)s")
+    p.add_argument("--json", action="store_true",
+                   help='print {"predictions": [...], "skipped": [...]}')
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
     p.set_defaults(func=_cmd_predict)
 
     cache = sub.add_parser("cache", help="inspect or verify an HDF5 cache")

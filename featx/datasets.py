@@ -39,6 +39,7 @@ __all__ = [
     "find_splits",
     "load_image_folder",
     "load_csv",
+    "load_paths",
     "load_source",
     "load_elpv",
     "load_fashion_mnist",
@@ -205,33 +206,70 @@ def load_csv(path, *, path_column: str = "path", label_column: str = "label",
     return sources, np.asarray(labels, dtype=np.int64), names
 
 
-def _read_listing(path: Path, path_column: str, label_column: str) -> List[Tuple[int, str, str]]:
-    """(line, image, label) rows of a CSV listing, every row checked.
+def load_paths(path, *, path_column: str = "path") -> List[str]:
+    """Image paths listed in a file, for prediction: no labels needed.
 
-    The encoding is UTF-8 (with or without a BOM); a file in another encoding is
-    refused with the line that is not UTF-8, rather than read as mojibake paths.
+    A ``.csv`` needs a ``path`` column (others, such as ``label``, are ignored);
+    a ``.txt`` has one path per line (blank lines and ``#`` comments skipped).
+    Relative paths resolve against the listing's own folder.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from featx.datasets import load_paths
+    >>> root = tempfile.mkdtemp()
+    >>> _ = open(os.path.join(root, "new.txt"), "w").write("a.png\\n\\n# later\\nb/c.jpg\\n")
+    >>> [os.path.relpath(p, root) for p in load_paths(os.path.join(root, "new.txt"))]
+    ['a.png', 'b/c.jpg']
     """
+    path = Path(path)
+    if path.suffix.lower() == ".txt":
+        text = _listing_text(path)
+        images = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)
+                  if line.strip() and not line.strip().startswith("#")]
+    else:
+        images = [(line, image) for line, image, _ in _read_listing(path, path_column, None)]
+    if not images:
+        raise FeatxError(f"{path}: the listing names no images")
+    return [image if os.path.isabs(image) else str(path.parent / image) for _, image in images]
+
+
+def _listing_text(path: Path) -> str:
+    """A listing's text: UTF-8 (with or without a BOM), or an error naming the line."""
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        return path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = path.read_bytes()[:exc.start].count(b"\n") + 1
         raise FeatxError(
             f"{path}:{line}: not UTF-8 (byte {path.read_bytes()[exc.start]:#04x}); expected a "
             "UTF-8 CSV — re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
     except OSError as exc:
-        raise FeatxError(f"{path}: cannot read the CSV: {exc.strerror or exc}") from None
+        raise FeatxError(f"{path}: cannot read the listing: {exc.strerror or exc}") from None
+
+
+def _read_listing(path: Path, path_column: str, label_column: Optional[str]
+                  ) -> List[Tuple[int, str, Optional[str]]]:
+    """(line, image, label) rows of a CSV listing, every row checked (no labels when
+    ``label_column`` is None).
+
+    The encoding is UTF-8 (with or without a BOM); a file in another encoding is
+    refused with the line that is not UTF-8, rather than read as mojibake paths.
+    """
+    text = _listing_text(path)
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
     except StopIteration:
         raise FeatxError(f"{path}: the CSV is empty; expected a header "
-                         f"'{path_column},{label_column}'") from None
+                         f"'{','.join(c for c in (path_column, label_column) if c)}'") from None
     header = [h.strip() for h in header]
-    missing = [c for c in (path_column, label_column) if c not in header]
+    wanted = [c for c in (path_column, label_column) if c is not None]
+    missing = [c for c in wanted if c not in header]
     if missing:
         raise FeatxError(f"{path}: missing column(s) {missing}; found {header} "
-                         f"(expected a header '{path_column},{label_column}')")
-    at_path, at_label = header.index(path_column), header.index(label_column)
+                         f"(expected a header '{','.join(wanted)}')")
+    at_path = header.index(path_column)
+    at_label = header.index(label_column) if label_column is not None else None
     rows = []
     for fields in reader:
         line = reader.line_num
@@ -240,10 +278,11 @@ def _read_listing(path: Path, path_column: str, label_column: str) -> List[Tuple
         if len(fields) != len(header):
             raise FeatxError(f"{path}:{line}: {len(fields)} field(s), expected {len(header)} "
                              f"({', '.join(header)})")
-        image, label = fields[at_path].strip(), fields[at_label].strip()
+        image = fields[at_path].strip()
+        label = fields[at_label].strip() if at_label is not None else None
         if not image:
             raise FeatxError(f"{path}:{line}: empty {path_column!r}; expected an image path")
-        if not label:
+        if at_label is not None and not label:
             raise FeatxError(f"{path}:{line}: empty {label_column!r} for {image!r}; expected a "
                              "class name (remove unlabelled images from a training listing)")
         rows.append((line, image, label))

@@ -28,7 +28,7 @@ from .backbones import DTYPES, POOLINGS, Backbone, BackboneConfig, clear_config_
 from .backbones.registry import get_spec
 from .errors import FeatxError, ImageDecodeError, InvalidParameterError
 from ._params import Interval, Options, check_params
-from .engine import ON_ERROR, POOLS, DecodePool, default_workers
+from .engine import ON_ERROR, POOLS, DecodePool, EmbedFailure, default_workers
 from .images import RESIZE_POLICIES, as_sources, check_decode_options
 from .store import EmbeddingStore
 
@@ -514,6 +514,9 @@ class RawPixels(_ImageInputMixin, TransformerMixin, BaseEstimator):
                 if self.gray:  # Pillow's "L" weights, on the decoded RGB
                     px = px.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
                 out[i] = np.asarray(px, np.float32).reshape(-1) / 255.0
+        # What was skipped, as ImageEmbedder records it (for reports and featx predict).
+        self.failures_ = [EmbedFailure(i, sources[i].describe(), str(exc)) for i, exc in failed]
+        self.mask_ = np.isfinite(out).all(axis=1)
         if failed:
             log.warning("featx RawPixels: skipped %d of %d images; first: %s", len(failed),
                         len(sources), failed[0][1])

@@ -203,3 +203,26 @@ def test_weights_default_to_auto_and_say_which_were_used(tree, tmp_path):
                    "--head", "logreg", "--cv", "2", "--out", tmp_path / "out")
     assert baseline.returncode == 0, baseline.stderr
     assert "(weights: efficientnet_lite0 packaged)" in baseline.stdout
+
+
+def test_predict_takes_path_listings_and_skips_bad_files_when_asked(tree, tmp_path):
+    """Issue 14 item 7: a CSV with only a path column and a TXT with one path per
+    line are accepted; --on-error skip lists the files it skipped."""
+    out = tmp_path / "out"
+    assert run("baseline", tree, "--out", out, *FAST).returncode == 0
+    model = out / "best_model.joblib"
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    (tmp_path / "list.csv").write_text("path\nimgs/red/0.jpg\nimgs/green/1.jpg\n")
+    (tmp_path / "list.txt").write_text(f"imgs/red/1.jpg\n\n{broken}\n")
+    listed = run("predict", model, tmp_path / "list.csv", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)["predictions"]
+    assert [r["prediction"] for r in rows] == ["red", "green"]
+    refused = run("predict", model, tmp_path / "list.txt")
+    assert refused.returncode == 2 and "broken.jpg" in refused.stderr
+    skipped = run("predict", model, tmp_path / "list.txt", "--on-error", "skip", "--json")
+    assert skipped.returncode == 0, skipped.stderr
+    result = json.loads(skipped.stdout)
+    assert [r["path"].endswith("red/1.jpg") for r in result["predictions"]] == [True]
+    assert [s["source"] for s in result["skipped"]] == [str(broken)]

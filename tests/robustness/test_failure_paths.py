@@ -532,7 +532,7 @@ def test_a_saved_model_predicts_from_any_folder_and_never_writes_its_cache(train
     elsewhere.mkdir()
     proc = featx_here(capsys, "predict", out / "best_model.joblib", new, "--json", cwd=elsewhere)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    predictions = json.loads(proc.stdout)
+    predictions = json.loads(proc.stdout)["predictions"]
     assert len(predictions) == 6
     assert {p["prediction"] for p in predictions} <= {"dark", "light"}
     assert _rows(cache) == before == 18  # read, never written
