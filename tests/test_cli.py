@@ -100,8 +100,11 @@ def _classes(root, spec):
 
 def test_baseline_on_a_folder_then_predict(tree, tmp_path):
     out = tmp_path / "out"
-    result = run("baseline", tree, "--out", out, *FAST)
+    result = run("baseline", tree, "--out", out, *[a for a in FAST if a != "--quiet"])
     assert result.returncode == 0, result.stderr
+    # Issue 14: a bar over the grid searches, each row's result as it lands.
+    assert "grid search" in result.stderr and "raw_pixels_32 × logreg: balanced_accuracy" in \
+        result.stderr
     assert (out / "index.html").is_file() and (out / "best_model.joblib").is_file()
     assert (out / "embeddings.h5").is_file()
     predictions = tmp_path / "pred.csv"
