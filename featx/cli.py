@@ -188,10 +188,13 @@ def _cmd_cache_info(args) -> int:
     print(f"{info['path']}: {info['size_bytes'] / 2**20:.1f} MiB, store format "
           f"{info['store_version']}")
     rows = [{"backbone": b.get("name") or "?", "fingerprint": b["fingerprint"][:16],
-             "dim": b["dim"], "dtype": b["dtype"], "rows": b["rows"]}
+             "weights": b.get("weights") or "?", "input": b.get("input_size") or "?",
+             "pooling": b.get("pooling") or "?", "resize": b.get("resize_policy") or "?",
+             "dim": b["dim"], "dtype": b["dtype"], "rows": b["rows"],
+             "forwarded": b.get("forwarded", "?"), "created": (b.get("created") or "?")[:19]}
             for b in info["backbones"]]
     if rows:
-        _print_table(rows, ["backbone", "fingerprint", "dim", "dtype", "rows"])
+        _print_table(rows, list(rows[0]))
     else:
         print("(no vectors stored)")
     return 0

@@ -229,3 +229,23 @@ def test_predict_takes_path_listings_and_skips_bad_files_when_asked(tree, tmp_pa
     result = json.loads(skipped.stdout)
     assert [r["path"].endswith("red/1.jpg") for r in result["predictions"]] == [True]
     assert [s["source"] for s in result["skipped"]] == [str(broken)]
+
+
+def test_cache_info_shows_what_tells_two_groups_apart(tree, tmp_path):
+    """Issue 14 item 8: two groups of one backbone differed only by a fingerprint
+    prefix; info now shows weights, input size, pooling, dtype, rows, forwarded and
+    when the group was created."""
+    cache = tmp_path / "c.h5"
+    for size in ("32", "48"):
+        assert run("embed", tree, "--backbone", "mobilenet_v2", "--weights", "none",
+                   "--input-size", size, "--cache", cache, "--quiet").returncode == 0
+    table = run("cache", "info", cache)
+    assert table.returncode == 0, table.stderr
+    for column in ("weights", "input", "pooling", "dtype", "rows", "forwarded", "created"):
+        assert column in table.stdout
+    lines = [line for line in table.stdout.splitlines() if line.startswith("mobilenet_v2")]
+    assert len(lines) == 2 and any(" 32 " in line for line in lines) and \
+        any(" 48 " in line for line in lines) and all(" random " in line for line in lines)
+    groups = json.loads(run("cache", "info", cache, "--json").stdout)["backbones"]
+    assert sorted(g["input_size"] for g in groups) == [32, 48]
+    assert all(g["forwarded"] == g["rows"] == 8 for g in groups)

@@ -152,13 +152,21 @@ def store_info(store) -> dict:
                 spec = json.loads(meta["spec"])
             except json.JSONDecodeError:
                 spec = None
+            facts = spec if isinstance(spec, dict) else {}
             out["backbones"].append(
                 {
                     "fingerprint": fp,
-                    "name": spec.get("name") if isinstance(spec, dict) else None,
+                    "name": facts.get("name"),
+                    # What tells two groups of one backbone apart.
+                    "weights": facts.get("weights_kind"),
+                    "input_size": facts.get("input_size"),
+                    "pooling": facts.get("pooling"),
+                    "compute_dtype": facts.get("dtype"),
+                    "resize_policy": facts.get("resize_policy", "squash"),
                     "dim": meta["dim"],
                     "dtype": meta["dtype"],
                     "rows": meta["committed"],
+                    "forwarded": int(g.attrs.get("forwarded", 0)),
                     "allocated": int(g["vectors"].shape[0]) if "vectors" in g else 0,
                     "created": meta["token"][1],
                     "spec": spec,
