@@ -47,6 +47,7 @@ arrays, which travel inside the tasks (fine for small sets).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -787,7 +788,8 @@ class _ShardRun:
         return X
 
 
-_BUILD_ARGS = ("weights", "input_size", "pooling", "dtype", "include_top", "seed")
+# get_backbone's build arguments: BackboneConfig's fields besides the name.
+_BUILD_ARGS = tuple(f.name for f in dataclasses.fields(BackboneConfig) if f.name != "name")
 
 
 def embed_distributed(sources, backbone, store_path, client=None, *, merge: str = "copy",

@@ -305,47 +305,46 @@ def write_report(out_dir, result, *, class_names: Optional[Sequence[str]] = None
 
     frame_rows = _board_rows(board)
     parts.append("<h2>Leaderboard</h2>")
-    parts.append(f"<p class=small>{_esc(getattr(board, 'cv_description', ''))}; ranked by "
+    parts.append(f"<p class=small>{_esc(board.cv_description)}; ranked by "
                  f"{_esc(board.primary)}. Scores are the grid searches' cross-validated means "
                  "(± std over folds).</p>")
     columns = [c for c in frame_rows[0].keys()] if frame_rows else []
     parts.append(_table(frame_rows, columns, left=["backbone", "head", "best_params"]))
 
-    if proba is not None:
-        proba = np.asarray(proba, dtype=float)
-        if proba.shape != (len(y), len(names)):
-            raise FeatxError(f"proba must have shape ({len(y)}, {len(names)}), got {proba.shape}")
-        pred = np.argmax(proba, axis=1)
-        best = board.best_
-        parts.append(f"<h2>Best model: {_esc(best['backbone'])} + {_esc(best['head'])}</h2>")
-        parts.append(f"<p class=small>Evaluated on {_esc(evaluated_on)}.</p>")
-        cm = confusion_matrix(y, pred, labels=list(range(len(names))))
-        figures["confusion.png"] = _png(_confusion_figure(cm, names))
-        report = classification_report(y, pred, labels=list(range(len(names))),
-                                        target_names=names, output_dict=True, zero_division=0)
-        per_class = [{"class": n, "precision": report[n]["precision"],
-                      "recall": report[n]["recall"], "f1": report[n]["f1-score"],
-                      "support": int(report[n]["support"])} for n in names]
-        parts.append('<div class="grid">' + _img("confusion.png", figures["confusion.png"],
-                                                  "confusion matrix") + "</div>")
-        parts.append(_table(per_class, ["class", "precision", "recall", "f1", "support"],
-                            left=["class"]))
-        figures["roc.png"] = _png(_curves_figure(y, proba, names, "roc"))
-        figures["pr.png"] = _png(_curves_figure(y, proba, names, "pr"))
-        parts.append('<div class="grid">' + _img("roc.png", figures["roc.png"], "ROC curves")
-                     + _img("pr.png", figures["pr.png"], "precision-recall curves") + "</div>")
-        wrong = most_confidently_wrong(y, proba, n_wrong)
-        parts.append("<h2>Most confidently wrong</h2>")
-        if wrong:
-            figures["wrong.png"] = _png(_wrong_figure(list(sources), wrong, y, proba, names))
-            parts.append(_img("wrong.png", figures["wrong.png"], "most confidently wrong images"))
-            listing = [{"file": _label(sources[i], i), "true": names[y[i]],
-                        "predicted": names[pred[i]], "p": float(proba[i, pred[i]])}
-                       for i in wrong]
-            parts.append(_table(listing, ["file", "true", "predicted", "p"],
-                                left=["file", "true", "predicted"]))
-        else:
-            parts.append("<p>No misclassified image.</p>")
+    proba = np.asarray(proba, dtype=float)
+    if proba.shape != (len(y), len(names)):
+        raise FeatxError(f"proba must have shape ({len(y)}, {len(names)}), got {proba.shape}")
+    pred = np.argmax(proba, axis=1)
+    best = board.best_
+    parts.append(f"<h2>Best model: {_esc(best['backbone'])} + {_esc(best['head'])}</h2>")
+    parts.append(f"<p class=small>Evaluated on {_esc(evaluated_on)}.</p>")
+    cm = confusion_matrix(y, pred, labels=list(range(len(names))))
+    figures["confusion.png"] = _png(_confusion_figure(cm, names))
+    report = classification_report(y, pred, labels=list(range(len(names))),
+                                    target_names=names, output_dict=True, zero_division=0)
+    per_class = [{"class": n, "precision": report[n]["precision"],
+                  "recall": report[n]["recall"], "f1": report[n]["f1-score"],
+                  "support": int(report[n]["support"])} for n in names]
+    parts.append('<div class="grid">' + _img("confusion.png", figures["confusion.png"],
+                                              "confusion matrix") + "</div>")
+    parts.append(_table(per_class, ["class", "precision", "recall", "f1", "support"],
+                        left=["class"]))
+    figures["roc.png"] = _png(_curves_figure(y, proba, names, "roc"))
+    figures["pr.png"] = _png(_curves_figure(y, proba, names, "pr"))
+    parts.append('<div class="grid">' + _img("roc.png", figures["roc.png"], "ROC curves")
+                 + _img("pr.png", figures["pr.png"], "precision-recall curves") + "</div>")
+    wrong = most_confidently_wrong(y, proba, n_wrong)
+    parts.append("<h2>Most confidently wrong</h2>")
+    if wrong:
+        figures["wrong.png"] = _png(_wrong_figure(list(sources), wrong, y, proba, names))
+        parts.append(_img("wrong.png", figures["wrong.png"], "most confidently wrong images"))
+        listing = [{"file": _label(sources[i], i), "true": names[y[i]],
+                    "predicted": names[pred[i]], "p": float(proba[i, pred[i]])}
+                   for i in wrong]
+        parts.append(_table(listing, ["file", "true", "predicted", "p"],
+                            left=["file", "true", "predicted"]))
+    else:
+        parts.append("<p>No misclassified image.</p>")
 
     if history:
         figures["training.png"] = _png(_history_figure(history))
@@ -353,7 +352,7 @@ def write_report(out_dir, result, *, class_names: Optional[Sequence[str]] = None
         parts.append(_img("training.png", figures["training.png"], "training curves"))
 
     stage_rows = [{"stage": k, "seconds": float(v)} for k, v in (timings or {}).items()]
-    for backbone, stats in (getattr(board, "embed_stats_", {}) or {}).items():
+    for backbone, stats in board.embed_stats_.items():
         for key in ("read_s", "decode_s", "forward_s", "write_s", "total_s"):
             if key in stats:
                 stage_rows.append({"stage": f"embed {backbone}: {key[:-2]}",

@@ -126,10 +126,11 @@ class _Embedded:
     reasons: Dict[int, str] = field(default_factory=dict)
     failed: Optional[np.ndarray] = None
 
-    def add(self, name: str, front, X: np.ndarray, ok: np.ndarray, failures=()) -> None:
+    def add(self, name: str, front, X: np.ndarray) -> None:
+        """``front`` just transformed the images into ``X`` (its ``mask_``/``failures_``)."""
         self.features[name], self.fronts[name] = X, front
-        self.failed = ~ok if self.failed is None else self.failed | ~ok
-        for failure in failures:
+        self.failed = ~front.mask_ if self.failed is None else self.failed | ~front.mask_
+        for failure in front.failures_:
             self.reasons.setdefault(failure.index, failure.reason)
 
     def dropped(self, items) -> List[Tuple[int, str, str]]:
@@ -141,20 +142,15 @@ def _embed(items, backbone_names, settings: dict, progress) -> _Embedded:
     """Every backbone once over ``items`` (failures skipped and recorded), then raw pixels."""
     done = _Embedded()
     for name in backbone_names:
-        front = ImageEmbedder(backbone=name, weights=settings["weights"],
-                              input_size=settings["input_size"], cache=settings["cache"],
-                              batch_size=settings["batch_size"], on_error="skip",
-                              progress=progress, pool=settings["pool"])
-        X = front.transform(items)
-        done.add(name, front, X, front.mask_, front.failures_)
+        front = _front(name, settings).set_params(on_error="skip", progress=progress)
+        done.add(name, front, front.transform(items))
         stats = done.stats[name] = front.stats_
         log.info("featx baseline: %s embedded %d images (%d forwarded, %d from cache) in %.1f s",
                  name, len(items), stats.get("forwarded", 0), stats.get("cache_hits", 0),
                  stats.get("total_s", float("nan")))
     t = time.perf_counter()
-    raw = RawPixels(size=_RAW_SIZE, on_error="skip")
-    X = raw.transform(items)
-    done.add(RAW_PIXELS, raw, X, np.isfinite(X).all(axis=1))
+    raw = _front(RAW_PIXELS, settings).set_params(on_error="skip")
+    done.add(RAW_PIXELS, raw, raw.transform(items))
     done.stats[RAW_PIXELS] = {"total_s": time.perf_counter() - t}
     return done
 
@@ -166,28 +162,29 @@ def _embed_test(test, fronts: Dict[str, object]):
     items, y = _sources_and_labels(*test)
     done = _Embedded()
     for name, front in fronts.items():
-        X = front.transform(items)
-        ok = getattr(front, "mask_", None) if name != RAW_PIXELS else None
-        done.add(name, front, X, np.isfinite(X).all(axis=1) if ok is None else ok,
-                 getattr(front, "failures_", ()) if name != RAW_PIXELS else ())
+        done.add(name, front, front.transform(items))
     dropped = done.dropped(items)
     if dropped:
         log.warning("featx baseline: dropped %d of %d test images that could not be embedded",
                     len(dropped), len(items))
     keep = ~done.failed
     features = {name: (X[keep], y[keep]) for name, X in done.features.items()}
-    kept = [s.path if s.path is not None else s.array
-            for s, failed in zip(items, done.failed) if not failed]
+    kept = [s for s, failed in zip(_plain(items), done.failed) if not failed]
     return features, (kept, y[keep]), dropped
 
 
+def _plain(items) -> list:
+    """The caller's own values (paths stay paths), not the engine's Source wrappers."""
+    return [s.path if s.path is not None else s.array for s in items]
+
+
 def _front(name: str, settings: dict):
-    """The unfitted image front end of a row's pipeline (no failure skipping: it predicts)."""
+    """The unfitted image front end of a row: raw pixels or the backbone's embedder."""
     if name == RAW_PIXELS:
         return RawPixels(size=_RAW_SIZE)
     return ImageEmbedder(backbone=name, weights=settings["weights"],
                          input_size=settings["input_size"], cache=settings["cache"],
-                         batch_size=settings["batch_size"])
+                         batch_size=settings["batch_size"], pool=settings["pool"])
 
 
 def _search_row(X, y, kind: str, splits, scoring: Scoring, settings: dict, grid=None):
@@ -311,8 +308,7 @@ def run_baseline(sources, y=None, *, backbones=("efficientnet_lite0",),
     splits, cv_text = _splits(cv, y_kept, random_state)
     protocol = f"{cv}-fold CV" if isinstance(cv, int) else cv_text.split(" (")[0]
     kept_items = [items[i] for i in kept]
-    # The result hands the caller's own values on (paths stay paths), not engine wrappers.
-    plain = [s.path if s.path is not None else s.array for s in items]
+    plain = _plain(items)  # what the result hands on
     test_features, test_kept, test_dropped = (_embed_test(test, embedded.fronts)
                                               if test is not None else ({}, None, []))
 
