@@ -1,15 +1,18 @@
 """A decode worker process of :class:`featx.engine.DecodePool` (``kind="processes"``).
 
-Run as ``python -m featx._decode_worker``: it reads jobs ``(source, size,
-policy, name)`` as length-prefixed pickle frames on stdin and answers each with
-``(pixels, error, seconds)`` on stdout, until stdin closes. It imports only
+Run as ``python -m featx._decode_worker``: it reads frames of jobs ``("jobs",
+[(source, size, policy, name), ...])`` as length-prefixed pickles on stdin and
+answers each frame with one list of ``(pixels, error, seconds)`` on stdout,
+until stdin closes. Several images per frame keep the worker busy while the
+parent copies the last frame's pixels out, and cost the parent one round trip
+for all of them. It imports only
 Pillow and numpy (through :mod:`featx.images`), never a deep-learning
 framework, so it starts in well under a second.
 
 Pixels do not travel through the pipe: the parent first sends ``("map", path,
 nbytes)``, a file (in ``/dev/shm`` where there is one) that both sides map; the
-worker writes each result's pixels there and answers ``(("slot", shape), error,
-seconds)``. The parent deletes the file once both have mapped it, so nothing is
+worker writes the frame's pixels there one after another and answers
+``(("slot", offset, shape), error, seconds)`` per image. The parent deletes the file once both have mapped it, so nothing is
 left behind whatever happens to either process.
 
 It lives outside :mod:`featx.engine` so that starting it does not import the
@@ -94,19 +97,27 @@ def main() -> None:
             job = read_frame(requests)
         except EOFError:  # the parent closed the pool, or died
             return
-        if len(job) == 3:  # ("map", path, nbytes); jobs have four fields
+        if job[0] == "map":  # ("map", path, nbytes)
             slot = map_slot(job[1], job[2])
             write_frame(replies, ("mapped",))
             continue
-        source, size, policy, name = job
+        write_frame(replies, _decode_frame(job[1], slot))
+
+
+def _decode_frame(jobs, slot: Optional[mmap.mmap]) -> list:
+    """Decode each job; pixels go into ``slot`` back to back while they fit."""
+    replies, offset = [], 0
+    for source, size, policy, name in jobs:
         result = decode_one(source, size, policy, name)
         error = None if result.error is None else (type(result.error).__name__,
                                                    str(result.error))
         pixels = None if result.pixels is None else np.ascontiguousarray(result.pixels)
-        if pixels is not None and slot is not None and pixels.nbytes <= len(slot):
-            np.frombuffer(slot, np.uint8, count=pixels.nbytes)[:] = pixels.reshape(-1)
-            pixels = ("slot", pixels.shape)
-        write_frame(replies, (pixels, error, result.seconds))
+        if pixels is not None and slot is not None and offset + pixels.nbytes <= len(slot):
+            np.frombuffer(slot, np.uint8, count=pixels.nbytes, offset=offset)[:] = \
+                pixels.reshape(-1)
+            pixels, offset = ("slot", offset, pixels.shape), offset + pixels.nbytes
+        replies.append((pixels, error, result.seconds))
+    return replies
 
 
 if __name__ == "__main__":

@@ -106,6 +106,26 @@ def test_a_worker_that_dies_fails_only_its_image_and_is_replaced(inputs):
     assert "exit code 3" in str(error)
 
 
+def test_a_crash_inside_a_frame_of_several_images_fails_only_the_crasher(inputs):
+    """Workers take several images per frame; a crash must still cost one image."""
+    from concurrent.futures import Future
+
+    with DecodePool(SIZE, workers=1, kind="processes") as pool:
+        list(pool.map(inputs[:1]))  # the worker pool exists
+        decoders = pool._procs
+        jobs = [(inputs[0], SIZE, "squash", "first.jpg"), (_KillsTheWorker(), SIZE, "squash",
+                                                            "crasher.jpg"),
+                (inputs[1], SIZE, "squash", "third.jpg")]
+        frame = [(job, Future()) for job in jobs]
+        for _, future in frame:
+            future.set_running_or_notify_cancel()
+        decoders._run((None, None), frame)  # one frame of three, as a busy queue gives
+        results = [future.result(timeout=60) for _, future in frame]
+    assert results[0].error is None and results[2].error is None
+    np.testing.assert_array_equal(results[2].pixels, decode_image(inputs[1], SIZE))
+    assert "crasher.jpg" in str(results[1].error) and "exit code 3" in str(results[1].error)
+
+
 def test_close_is_bounded_and_ends_every_worker(inputs):
     pool = DecodePool(SIZE, workers=2, kind="processes")
     list(pool.map(inputs[:2]))  # both workers started

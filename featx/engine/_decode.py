@@ -15,7 +15,9 @@ Two kinds of workers:
 ``"processes"``
     Worker interpreters started with ``python -m featx._decode_worker``
     that import only Pillow and numpy (never TensorFlow), fed over their
-    stdin/stdout pipes. Not ``multiprocessing``: ``fork`` is unsafe once a
+    stdin/stdout pipes, several images per frame (up to
+    :data:`FRAME_IMAGES`, fewer when the queue is short so every worker gets
+    some), their pixels returned through a shared slot, never pickled. Not ``multiprocessing``: ``fork`` is unsafe once a
     framework has started its threads, and ``spawn``/``forkserver`` re-import
     the user's ``__main__`` (a script without ``if __name__ == "__main__"``
     would run again in every worker).
@@ -38,7 +40,7 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -47,7 +49,8 @@ from .._decode_worker import DecodeResult, decode_one, map_slot, read_frame, wri
 from ..errors import FeatxError, ImageDecodeError, InvalidParameterError
 from ..images import Source, check_decode_options
 
-__all__ = ["DecodePool", "DecodeResult", "KINDS", "POOLS", "choose_pool", "default_workers"]
+__all__ = ["DecodePool", "DecodeResult", "FRAME_IMAGES", "KINDS", "POOLS", "choose_pool",
+           "default_workers"]
 
 #: Worker kinds of :class:`DecodePool`.
 KINDS = ("threads", "processes")
@@ -60,7 +63,11 @@ AUTO_MIN_WORKERS = 4
 #: ... for jobs of at least this many images (below, starting interpreters dominates).
 AUTO_MIN_IMAGES = 256
 
+#: Most images one worker process decodes per frame (one round trip, one slot).
+FRAME_IMAGES = 8
+
 _STOP_TIMEOUT_S = 5.0
+_POLL_S = 0.25
 
 
 def choose_pool(pool: str, n_images: int, workers: int) -> str:
@@ -158,16 +165,36 @@ class DecodePool:
         """
         sources = list(sources)
         if names is None:
-            names = [s.describe() if isinstance(s, Source) else None for s in sources]
-        if self.kind == "threads" or not sources:
-            return self._threads.map(
-                lambda job: decode_one(job[0], self.size, self.policy, job[1]),
-                zip(sources, names))
+            names = [None] * len(sources)
+        futures = [self.submit(s, name) for s, name in zip(sources, names)]
+        return (self.result(f) for f in futures)
+
+    def submit(self, source, name: Optional[str] = None) -> Future:
+        """Queue one decode at once; a :class:`~concurrent.futures.Future` of its
+        :class:`DecodeResult` (read it with :meth:`result`)."""
+        if name is None and isinstance(source, Source):
+            name = source.describe()
+        if self.kind == "threads":
+            return self._threads.submit(decode_one, source, self.size, self.policy, name)
         if self._procs is None:
             self._procs = _ProcessDecoders(self.workers, self.size[0] * self.size[1] * 3)
-        futures = [self._procs.submit((_payload(s), self.size, self.policy, name))
-                   for s, name in zip(sources, names)]
-        return (self._procs.result(f) for f in futures)
+        return self._procs.submit((_payload(source), self.size, self.policy, name))
+
+    def submit_io(self, fn: Callable[[Any], Any], item) -> Future:
+        """``fn(item)`` on the pool's threads (reads, hashes: they release the GIL)."""
+        return self._threads.submit(fn, item)
+
+    def result(self, future: Future, stop: Optional[threading.Event] = None):
+        """A future's result, waited for in short steps: Ctrl-C is seen at once, and
+        a closed pool or a set ``stop`` event ends the wait with a FeatxError."""
+        while True:
+            try:
+                return future.result(timeout=_POLL_S)
+            except TimeoutError:
+                if self._closed or (stop is not None and stop.is_set()):
+                    raise FeatxError("the decode pool was closed while images were queued")
+            except CancelledError:
+                raise FeatxError("the decode pool was closed while images were queued")
 
     def map_io(self, fn: Callable[[Any], Any], items: Iterable) -> Iterator:
         """``fn`` over ``items`` on the pool's threads (reads, hashes), in order."""
@@ -211,13 +238,15 @@ def _payload(source):
 class _ProcessDecoders:
     """Worker interpreters fed over pipes; one feeder thread per worker in this process.
 
-    Each worker writes its pixels into a shared slot of ``slot_bytes`` (one decoded
-    image) that its feeder copies out before sending the next job: no pixel array
-    is pickled or pushed through a pipe.
+    A feeder takes a frame of queued jobs (up to :data:`FRAME_IMAGES`, a fair
+    share when the queue is short), sends it in one message, and copies the
+    pixels the worker wrote into their shared slot before the next frame: no
+    pixel array is pickled or pushed through a pipe.
     """
 
-    def __init__(self, n: int, slot_bytes: int):
-        self.slot_bytes = int(slot_bytes)
+    def __init__(self, n: int, image_bytes: int):
+        self.n = n
+        self.slot_bytes = int(image_bytes) * FRAME_IMAGES
         self.jobs: "queue.Queue" = queue.Queue()
         self.stopping = threading.Event()
         self.lock = threading.Lock()
@@ -231,14 +260,6 @@ class _ProcessDecoders:
         future: Future = Future()
         self.jobs.put((job, future))
         return future
-
-    def result(self, future: Future) -> DecodeResult:
-        while True:  # short waits: Ctrl-C in the caller is seen at once
-            try:
-                return future.result(timeout=0.25)
-            except TimeoutError:
-                if self.stopping.is_set() and not future.done():
-                    raise FeatxError("the decode pool was closed while images were queued")
 
     def _start(self) -> subprocess.Popen:
         env = dict(os.environ)
@@ -268,45 +289,72 @@ class _ProcessDecoders:
             os.unlink(path)
         return slot
 
-    def _feed(self) -> None:
-        proc = slot = None
-        while not self.stopping.is_set():
+    def _take_frame(self) -> list:
+        """The next frame of ``(job, future)`` pairs, each future marked running."""
+        try:
+            frame = [self.jobs.get(timeout=_POLL_S)]
+        except queue.Empty:
+            return []
+        share = min(FRAME_IMAGES, max(1, -(-(self.jobs.qsize() + 1) // self.n)))
+        while len(frame) < share:
             try:
-                job, future = self.jobs.get(timeout=0.25)
+                frame.append(self.jobs.get_nowait())
             except queue.Empty:
-                continue
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                if proc is None or proc.poll() is not None:
-                    proc = self._start()
-                    slot = self._share_slot(proc)
-                future.set_result(self._ask(proc, slot, job))
-            except BaseException as exc:  # the worker died or the pipe broke
-                name = job[3] or _describe_payload(job[0])
-                if self.stopping.is_set():
+                break
+        return [(job, future) for job, future in frame if future.set_running_or_notify_cancel()]
+
+    def _feed(self) -> None:
+        worker = (None, None)  # (process, slot)
+        while not self.stopping.is_set():
+            frame = self._take_frame()
+            if frame:
+                worker = self._run(worker, frame)
+        if worker[0] is not None:
+            _stop(worker[0])
+
+    def _run(self, worker, frame):
+        """Decode one frame on ``worker`` (started if needed); the worker in use after."""
+        proc, slot = worker
+        try:
+            if proc is None or proc.poll() is not None:
+                proc = self._start()
+                slot = self._share_slot(proc)
+            for (_, future), result in zip(frame, self._ask(proc, slot, [j for j, _ in frame])):
+                future.set_result(result)
+            return proc, slot
+        except BaseException as exc:  # the worker died or the pipe broke
+            if proc is not None:
+                _stop(proc)
+            if self.stopping.is_set():
+                for _, future in frame:
                     future.set_exception(FeatxError("the decode pool was closed"))
-                else:
-                    future.set_result(DecodeResult(None, ImageDecodeError(
-                        f"{name}: the decoder process died while decoding it "
-                        f"({_how_it_ended(proc)}; a crash inside the image codec); "
-                        f"other images are unaffected ({type(exc).__name__})"), 0.0))
-                if proc is not None:
-                    _stop(proc)
-                proc = None
-        if proc is not None:
-            _stop(proc)
+                return None, None
+            if len(frame) > 1:  # find the image that killed it: one per fresh worker
+                worker = (None, None)
+                for pair in frame:
+                    worker = self._run(worker, [pair])
+                return worker
+            job, future = frame[0]
+            name = job[3] or _describe_payload(job[0])
+            future.set_result(DecodeResult(None, ImageDecodeError(
+                f"{name}: the decoder process died while decoding it "
+                f"({_how_it_ended(proc)}; a crash inside the image codec); "
+                f"other images are unaffected ({type(exc).__name__})"), 0.0))
+            return None, None
 
     @staticmethod
-    def _ask(proc: subprocess.Popen, slot, job) -> DecodeResult:
-        write_frame(proc.stdin, job)
-        pixels, error, seconds = read_frame(proc.stdout)
-        if isinstance(pixels, tuple):  # ("slot", shape): copied out before the next job
-            shape = pixels[1]
-            pixels = np.frombuffer(slot, np.uint8, count=int(np.prod(shape))).reshape(shape).copy()
-        if error is not None:
-            error = _rebuild_error(*error)
-        return DecodeResult(pixels, error, seconds)
+    def _ask(proc: subprocess.Popen, slot, jobs) -> List[DecodeResult]:
+        write_frame(proc.stdin, ("jobs", jobs))
+        results = []
+        for pixels, error, seconds in read_frame(proc.stdout):
+            if isinstance(pixels, tuple):  # ("slot", offset, shape): copied before the next frame
+                _, offset, shape = pixels
+                pixels = np.frombuffer(slot, np.uint8, count=int(np.prod(shape)),
+                                       offset=offset).reshape(shape).copy()
+            if error is not None:
+                error = _rebuild_error(*error)
+            results.append(DecodeResult(pixels, error, seconds))
+        return results
 
     def close(self) -> None:
         self.stopping.set()

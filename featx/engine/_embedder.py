@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import queue
 import sys
 import threading
 import time
+from collections import deque
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -57,6 +59,40 @@ class EmbedFailure:
 class _Batch:
     keys: List[bytes]
     pixels: np.ndarray  # decoded uint8, (len(keys), H, W, 3): preprocessed in the forward
+
+
+class _Pending:
+    """Decoded images filling a batch, written straight into a reused batch buffer.
+
+    Fresh arrays per batch cost a page fault per 4 KB on first touch (``np.stack``
+    of 256 images took 36 ms); a ring of buffers is touched once. A buffer is
+    reused only after every batch that could still be queued or forwarded from
+    it is done: at most ``_QUEUE_ITEMS`` wait in the queue, one is forwarded, one
+    is filled, and one more is kept for the forward's asynchronous dispatch.
+    """
+
+    def __init__(self, size: int, image_shape: Tuple[int, int, int], emit):
+        self.size, self.image_shape, self.emit = size, image_shape, emit
+        self.ring: List[Optional[np.ndarray]] = [None] * (_QUEUE_ITEMS + 3)
+        self.turn = 0
+        self.keys: List[bytes] = []
+        self.buffer: Optional[np.ndarray] = None
+
+    def add(self, key: bytes, pixels: np.ndarray) -> None:
+        if self.buffer is None:
+            slot = self.turn % len(self.ring)
+            if self.ring[slot] is None:
+                self.ring[slot] = np.empty((self.size, *self.image_shape), np.uint8)
+            self.buffer, self.turn = self.ring[slot], self.turn + 1
+        self.buffer[len(self.keys)] = pixels
+        self.keys.append(key)
+        if len(self.keys) == self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.keys:
+            self.emit(self.keys, self.buffer[:len(self.keys)])
+            self.keys, self.buffer = [], None
 
 
 @dataclasses.dataclass
@@ -233,6 +269,7 @@ class Embedder:
 
 _DONE = object()
 _JOIN_TIMEOUT_S = 5.0
+_QUEUE_ITEMS = 3  # batches decoded ahead of the forward
 
 
 class _Run:
@@ -253,7 +290,7 @@ class _Run:
         self.stats = dict(images=n, unique=0, cache_hits=0, forwarded=0, failed=0,
                           read_s=0.0, decode_s=0.0, forward_s=0.0, write_s=0.0,
                           lookup_s=0.0, lock_s=0.0, wait_s=0.0)
-        self.queue: "queue.Queue" = queue.Queue(maxsize=3)
+        self.queue: "queue.Queue" = queue.Queue(maxsize=_QUEUE_ITEMS)
         self.stop = threading.Event()
         self.finished = False  # the forward loop consumed every batch
         self.rows_at_start: Optional[int] = None
@@ -363,65 +400,92 @@ class _Run:
             self._put_item(_DONE)
 
     def _produce(self) -> None:
-        chunk = max(self.e.batch_size * 4, 64)
-        pending_keys: List[bytes] = []
-        pending_pixels: List[np.ndarray] = []
-        fp, store = self.fp, self.e.store
-        for start in range(0, len(self.items), chunk):
+        """Stream: reads run ahead in a bounded window; each group of finished reads is
+        deduplicated, looked up and sent to the decoders at once; decoded images join
+        the next batch as they arrive. No phase waits for a whole chunk."""
+        window = max(self.e.batch_size, 8 * self.pool.workers, 64)
+        items = iter(self.items)
+        reads: "deque" = deque()  # (item, future of _read_and_key), input order
+        decodes: "deque" = deque()  # (key, future of DecodeResult)
+        pending = _Pending(self.e.batch_size, (*self.size, 3), self._emit)
+
+        def read_ahead():
+            for item in itertools.islice(items, window - len(reads)):
+                reads.append((item, self.pool.submit_io(self._read_and_key, item)))
+
+        read_ahead()
+        while reads or decodes:
             if self.stop.is_set():
                 return
-            part = self.items[start:start + chunk]
-            keyed = list(self.pool.map_io(self._read_and_key, part))
-            for item, (_, _, error, seconds) in zip(part, keyed):
-                self.stats["read_s"] += seconds
-                if error is not None:
-                    self._fail([item.index], error)
-            # Stored keys are only *recognised* here, from the store's in-memory index
-            # (fresh=False): the forward thread may hold the writer lock, and waiting for
-            # it would stall decoding. Their vectors are read by the forward thread (a
-            # _Hits item); keys other processes stored meanwhile are caught by its
-            # re-check under the lock.
-            t = time.perf_counter()
-            chunk_plan = plan([k for k, *_ in keyed], store, fp, fresh=False)
-            self.stats["lookup_s"] += time.perf_counter() - t
-            fresh: Dict[bytes, Tuple[Source, Optional[bytes]]] = {}
-            hits: Dict[bytes, Tuple[Source, Optional[bytes]]] = {}
-            for u in range(len(chunk_plan.keys)):
-                key = chunk_plan.key(u)
-                claimed = [local for local in chunk_plan.members(u)
-                           if self._claim(key, part[local].index)]
-                if not claimed:
-                    continue
-                self.stats["unique"] += 1
-                item, data = part[claimed[0]], keyed[claimed[0]][1]
-                vec = None
-                # With a writable store, the store is the memory: it must receive every vector.
-                if store is None or store.readonly:
-                    vec = MEMO.get(fp, key)
-                if vec is not None:
-                    self.stats["cache_hits"] += 1
-                    self._deliver(key, vec)
-                else:
-                    (hits if chunk_plan.stored[u] else fresh)[key] = (item, data)
-            if hits:
-                self._put_item(_Hits(hits))
-            for key, pixels, error, seconds in self._decode_all(fresh):
-                self.stats["decode_s"] += seconds
-                if error is not None:
-                    with self.lock:
-                        indices = self.waiting.pop(key, [])
-                    self._fail(indices, error, key=key)
-                    continue
-                pending_keys.append(key)
-                pending_pixels.append(pixels)
-                if len(pending_keys) == self.e.batch_size:
-                    self._emit(pending_keys, pending_pixels)
-                    pending_keys, pending_pixels = [], []
-        if pending_keys:
-            self._emit(pending_keys, pending_pixels)
+            if reads:
+                item, future = reads.popleft()
+                group = [(item, self.pool.result(future, self.stop))]
+                while reads and reads[0][1].done() and len(group) < window:
+                    item, future = reads.popleft()
+                    group.append((item, future.result()))
+                read_ahead()
+                for key, (item, data) in self._route(group).items():
+                    source = data if data is not None else item
+                    decodes.append((key, self.pool.submit(source, item.describe())))
+            # Take decoded images that are ready; wait for the oldest only when too many
+            # are in flight or nothing is left to read.
+            while decodes and (not reads or len(decodes) > window or decodes[0][1].done()):
+                key, future = decodes.popleft()
+                self._take_decoded(key, self.pool.result(future, self.stop), pending)
+        pending.flush()
 
-    def _emit(self, keys: List[bytes], pixels: List[np.ndarray]) -> None:
-        self._put_item(_Batch(keys, np.stack(pixels)))
+    def _route(self, group) -> Dict[bytes, Tuple[Source, Optional[bytes]]]:
+        """Dedup and look up one group of read results: vectors the memo holds are
+        delivered, stored keys go to the forward thread as a :class:`_Hits`; the
+        keys to decode are returned."""
+        for item, (_, _, error, seconds) in group:
+            self.stats["read_s"] += seconds
+            if error is not None:
+                self._fail([item.index], error)
+        fp, store = self.fp, self.e.store
+        # Stored keys are only *recognised* here, from the store's in-memory index
+        # (fresh=False): the forward thread may hold the writer lock, and waiting for
+        # it would stall decoding. Their vectors are read by the forward thread (a
+        # _Hits item); keys other processes stored meanwhile are caught by its
+        # re-check under the lock.
+        t = time.perf_counter()
+        group_plan = plan([keyed[0] for _, keyed in group], store, fp, fresh=False)
+        self.stats["lookup_s"] += time.perf_counter() - t
+        fresh: Dict[bytes, Tuple[Source, Optional[bytes]]] = {}
+        hits: Dict[bytes, Tuple[Source, Optional[bytes]]] = {}
+        for u in range(len(group_plan.keys)):
+            key = group_plan.key(u)
+            claimed = [local for local in group_plan.members(u)
+                       if self._claim(key, group[local][0].index)]
+            if not claimed:
+                continue
+            self.stats["unique"] += 1
+            item, data = group[claimed[0]][0], group[claimed[0]][1][1]
+            vec = None
+            # With a writable store, the store is the memory: it must receive every vector.
+            if store is None or store.readonly:
+                vec = MEMO.get(fp, key)
+            if vec is not None:
+                self.stats["cache_hits"] += 1
+                self._deliver(key, vec)
+            else:
+                (hits if group_plan.stored[u] else fresh)[key] = (item, data)
+        if hits:
+            self._put_item(_Hits(hits))
+        return fresh
+
+    def _take_decoded(self, key: bytes, result, pending: "_Pending") -> None:
+        pixels, error, seconds = result
+        self.stats["decode_s"] += seconds
+        if error is not None:
+            with self.lock:
+                indices = self.waiting.pop(key, [])
+            self._fail(indices, error, key=key)
+        else:
+            pending.add(key, pixels)
+
+    def _emit(self, keys: List[bytes], pixels: np.ndarray) -> None:
+        self._put_item(_Batch(keys, pixels))
 
     def _put_item(self, item) -> None:
         while not self.stop.is_set():

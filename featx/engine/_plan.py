@@ -51,7 +51,7 @@ class Plan:
     stored: np.ndarray
     rows: np.ndarray
     group: np.ndarray
-    _sorter: Optional[np.ndarray] = dataclasses.field(default=None, repr=False)
+    _members: Optional[List[List[int]]] = dataclasses.field(default=None, repr=False)
 
     @property
     def missing(self) -> np.ndarray:
@@ -64,11 +64,12 @@ class Plan:
 
     def members(self, u: int) -> List[int]:
         """Input indices whose key is unique key ``u``, in input order."""
-        if self._sorter is None:
-            self._sorter = np.argsort(self.group, kind="stable")
-        lo = np.searchsorted(self.group, u, sorter=self._sorter)
-        hi = np.searchsorted(self.group, u + 1, sorter=self._sorter)
-        return self.rows[self._sorter[lo:hi]].tolist()
+        if self._members is None:  # all at once: one sort, not two searches per key
+            sorter = np.argsort(self.group, kind="stable")
+            bounds = np.searchsorted(self.group[sorter], np.arange(len(self.keys) + 1))
+            ordered = self.rows[sorter].tolist()
+            self._members = [ordered[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+        return self._members[u]
 
 
 def plan(keys: Sequence[Optional[bytes]], store=None, fingerprint: Optional[str] = None,
