@@ -17,7 +17,7 @@ from typing import Iterator
 
 from .errors import FeatxError, MissingDependencyError
 
-__all__ = ["featx_home", "file_lock", "import_keras", "sha256_file"]
+__all__ = ["accelerator", "featx_home", "file_lock", "import_keras", "sha256_file"]
 
 _BACKEND_EXTRAS = {
     "tensorflow": "pip install 'featx[cpu]'   (tensorflow-cpu; or 'featx[gpu]' for CUDA)",
@@ -62,6 +62,40 @@ def import_keras():
         raise MissingDependencyError(
             f"featx needs Keras >= 3, found {keras.__version__}: pip install 'keras>=3'")
     return keras
+
+
+@functools.lru_cache(maxsize=1)
+def accelerator():
+    """The accelerator Keras' backend computes on, e.g. ``"gpu NVIDIA H200"``; None on a CPU.
+
+    Asked of the backend itself (JAX's devices, TensorFlow's GPUs, torch's CUDA),
+    so ``CUDA_VISIBLE_DEVICES=""`` or ``JAX_PLATFORMS=cpu`` count as no accelerator.
+
+    Examples
+    --------
+    >>> from featx._env import accelerator
+    >>> accelerator() is None or isinstance(accelerator(), str)
+    True
+    """
+    backend = import_keras().backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            device = jax.devices()[0]
+            return None if device.platform == "cpu" else f"{device.platform} {device.device_kind}"
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            return f"gpu {gpus[0].name}" if gpus else None
+        if backend == "torch":
+            import torch
+
+            return f"gpu {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else None
+    except Exception:  # a broken driver is "no accelerator", not a crash
+        return None
+    return None
 
 
 def sha256_file(path, chunk: int = 1 << 20) -> str:

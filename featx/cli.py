@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from typing import Callable, Dict, List, Optional, Sequence
 
 from . import __version__
-from .errors import FeatxError
+from .errors import FeatxError, InvalidParameterError
 
 EXIT_BAD_INPUT = 2
 
@@ -127,9 +127,17 @@ def _cmd_embed(args) -> int:
     if args.workers or args.scheduler:
         return _embed_on_cluster(args, sources, store)
     bb = get_backbone(args.backbone, weights=_weights_arg(args.weights),
-                      input_size=args.input_size, pooling=args.pooling)
+                      input_size=args.input_size, pooling=args.pooling, dtype=args.compute_dtype)
     embedder = Embedder(bb, store=store, batch_size=args.batch_size, on_error=args.on_error,
-                        progress=False if args.quiet or args.json else None, pool=args.pool)
+                        progress=False if args.quiet or args.json else None, pool=args.pool,
+                        decoder=args.decoder)
+    if not (args.quiet or args.json):
+        from ._env import accelerator
+        from .engine import resolve_decoder
+
+        print(f"featx: {accelerator() or 'no accelerator'}: batch {embedder.batch_size}, "
+              f"compute {bb.dtype}, decoder {resolve_decoder(args.decoder)}",
+              file=sys.stderr)
     _, mask = embedder.embed(sources, return_mask=True)
     stats = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in embedder.stats.items()}
     result = {"backbone": bb.name, "weights": bb.weights.kind, "fingerprint": bb.fingerprint,
@@ -153,12 +161,17 @@ def _cmd_embed(args) -> int:
 def _embed_on_cluster(args, sources, store) -> int:
     from .distributed import embed_with_cluster
 
+    if args.decoder != "cpu":
+        raise InvalidParameterError("--decoder gpu/auto is for one machine; Dask workers "
+                                    "decode on their CPUs (drop --workers/--scheduler or "
+                                    "--decoder)")
     _, stats = embed_with_cluster(
         sources, dict(name=args.backbone, weights=_weights_arg(args.weights),
-                      input_size=args.input_size, pooling=args.pooling),
-        store, workers=args.workers, scheduler=args.scheduler, batch_size=args.batch_size,
-        on_error=args.on_error, shard_size=args.shard_size, hash_on=args.hash_on,
-        return_vectors=False)
+                      input_size=args.input_size, pooling=args.pooling,
+                      dtype=args.compute_dtype),
+        store, workers=args.workers, scheduler=args.scheduler,
+        batch_size=args.batch_size or 32, on_error=args.on_error,
+        shard_size=args.shard_size, hash_on=args.hash_on, return_vectors=False)
     summary = {k: v for k, v in stats.items() if k != "shard_stats"}
     if args.json:
         _print_json({"backbone": args.backbone, "cache": args.cache, "stats": summary})
@@ -451,10 +464,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"input side in pixels, {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} "
                         "(default: the backbone's own)")
     p.add_argument("--pooling", choices=["avg", "max", "gem"], default="avg")
-    p.add_argument("--batch-size", type=_int_in(1, 4096), default=32)
+    p.add_argument("--batch-size", type=_int_in(1, 4096), default=None,
+                   help="forward batch (default: 256 on an accelerator, 32 on a CPU)")
     p.add_argument("--pool", default="auto", metavar="{auto,threads,processes}",
                    help="where images are read and decoded: worker threads or processes "
                         "(auto: processes from 4 cores and 256 images; default: %(default)s)")
+    p.add_argument("--decoder", choices=["cpu", "gpu", "auto"], default="cpu",
+                   help="JPEG decoder: Pillow on the CPU, or nvJPEG on the GPU (needs "
+                        "featx[gpu-decode]; its vectors are stored apart); default: %(default)s")
+    p.add_argument("--compute-dtype", choices=["auto", "float32", "bfloat16", "mixed_float16"],
+                   default="auto", help="forward precision (auto: bfloat16 on an accelerator, "
+                                        "float32 on a CPU; each its own fingerprint)")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32",
                    help="storage dtype of the vectors")
     p.add_argument("--on-error", choices=["raise", "skip"], default="raise")

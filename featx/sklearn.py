@@ -28,7 +28,7 @@ from .backbones import DTYPES, POOLINGS, Backbone, BackboneConfig, clear_config_
 from .backbones.registry import get_spec
 from .errors import FeatxError, ImageDecodeError, InvalidParameterError
 from ._params import Interval, Options, check_params
-from .engine import ON_ERROR, POOLS, DecodePool, EmbedFailure, default_workers
+from .engine import DECODERS, ON_ERROR, POOLS, DecodePool, EmbedFailure, default_workers
 from .images import RESIZE_POLICIES, as_sources, check_decode_options
 from .store import EmbeddingStore
 
@@ -200,6 +200,9 @@ class ImageEmbedder(_ImageInputMixin, TransformerMixin, BaseEstimator):
     pool : {"auto", "threads", "processes"}, default "auto"
         Where the engine reads and decodes images (see :class:`~featx.Embedder`);
         ``stats_["pool"]`` says which ran. Vectors do not depend on it.
+    decoder : {"cpu", "gpu", "auto"}, default "cpu"
+        ``"gpu"``: JPEGs decoded with nvJPEG on the GPU (see :class:`~featx.Embedder`);
+        its vectors have their own fingerprint and are cached apart.
 
     Attributes
     ----------
@@ -290,11 +293,12 @@ class ImageEmbedder(_ImageInputMixin, TransformerMixin, BaseEstimator):
         "progress": [bool, None],
         "policy": [Options(RESIZE_POLICIES)],
         "pool": [Options(POOLS)],
+        "decoder": [Options(DECODERS)],
     }
 
     def __init__(self, backbone="efficientnet_lite0", weights="packaged", input_size=None,
                  pooling="avg", cache=None, batch_size=32, dtype="float32", on_error="raise",
-                 progress=False, policy="squash", pool="auto"):
+                 progress=False, policy="squash", pool="auto", decoder="cpu"):
         self.backbone = backbone
         self.weights = weights
         self.input_size = input_size
@@ -306,6 +310,7 @@ class ImageEmbedder(_ImageInputMixin, TransformerMixin, BaseEstimator):
         self.progress = progress
         self.policy = policy
         self.pool = pool
+        self.decoder = decoder
 
     # -- the backbone, from the process cache --------------------------------
 
@@ -339,10 +344,11 @@ class ImageEmbedder(_ImageInputMixin, TransformerMixin, BaseEstimator):
 
         return Embedder(bb, store=shared_store(self.cache), batch_size=self.batch_size,
                         on_error=self.on_error, progress=self.progress, policy=self.policy,
-                        pool=self.pool)
+                        pool=self.pool, decoder=self.decoder)
 
     def __setstate__(self, state):
-        state.setdefault("pool", "auto")  # models saved before the parameter existed
+        state.setdefault("pool", "auto")  # models saved before these parameters existed
+        state.setdefault("decoder", "cpu")
         super().__setstate__(state)
 
     def _embed(self, sources: list):

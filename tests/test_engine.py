@@ -374,3 +374,83 @@ def test_uint8_forward_gives_the_host_preprocessed_vectors_on_real_weights(tmp_p
     paths = make_jpegs(tmp_path / "imgs", 10)
     X = Embedder(bb, batch_size=4, progress=False).embed(paths)
     assert np.abs(X - direct_vectors(bb, paths)).max() <= 1e-5
+
+
+# ----------------------------------------------------------------- decoder and device defaults
+
+
+def test_the_decoder_is_part_of_the_vectors_identity_and_gpu_is_refused_without_one(bb, tmp_path):
+    from featx.engine import gpu_decoder_unavailable, resolve_decoder, vector_fingerprint
+    from featx.errors import InvalidParameterError, MissingDependencyError
+
+    cpu = vector_fingerprint(bb.fingerprint, "squash", "cpu")
+    gpu = vector_fingerprint(bb.fingerprint, "squash", "gpu")
+    assert cpu == bb.fingerprint  # stores written before the decoder joined stay valid
+    assert gpu != cpu and gpu != vector_fingerprint(bb.fingerprint, "crop", "gpu")
+    with pytest.raises(InvalidParameterError, match="decoder must be one of"):
+        Embedder(bb, decoder="nvjpeg")
+    reason = gpu_decoder_unavailable()
+    if reason is None:
+        pytest.skip("a CUDA device with torchvision is present: refusal is not reachable")
+    assert resolve_decoder("auto") == "cpu"
+    emb = Embedder(bb, decoder="auto", progress=False)
+    emb.embed(make_jpegs(tmp_path, 2, size=(40, 30)))
+    assert emb.stats["decoder"] == "cpu" and emb.fingerprint == bb.fingerprint
+    with pytest.raises(MissingDependencyError, match="decoder='gpu' cannot run here") as info:
+        Embedder(bb, decoder="gpu", progress=False).embed(make_jpegs(tmp_path, 1))
+    assert reason.split(" ")[0] in str(info.value)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(featx.engine.gpu_decoder_unavailable() is not None,
+                    reason=f"GPU decoder: {featx.engine.gpu_decoder_unavailable()}")
+def test_gpu_decoded_pixels_are_close_to_pillow_and_other_formats_fall_back(bb, tmp_path):
+    from featx.engine import GpuJpegDecoder
+
+    paths = make_jpegs(tmp_path, 4, size=(64, 48))
+    blobs = [open(p, "rb").read() for p in paths]
+    for policy in ("squash", "crop", "pad"):
+        pixels = GpuJpegDecoder((32, 32), policy).decode(blobs + [b"not a jpeg"])
+        assert pixels[-1] is None  # refused: the engine decodes it on the CPU
+        for path, px in zip(paths, pixels):
+            cpu = decode_image(path, (32, 32), policy=policy)
+            assert px.shape == cpu.shape and px.dtype == np.uint8
+            assert np.abs(px.astype(int) - cpu).mean() < 6, policy
+    png = tmp_path / "x.png"
+    Image.fromarray(np.full((20, 20, 3), 7, np.uint8)).save(png)
+    emb = Embedder(bb, decoder="gpu", progress=False, on_error="skip")
+    X = emb.embed([*paths, str(png), str(tmp_path / "gone.jpg")])
+    assert emb.stats["decoder"] == "gpu" and emb.fingerprint != bb.fingerprint
+    assert np.isfinite(X[:5]).all() and emb.stats["failed"] == 1
+
+
+def test_without_an_accelerator_the_defaults_are_cpu_ones(bb):
+    from featx._env import accelerator
+    from featx.engine import default_batch_size
+
+    if accelerator() is not None:
+        pytest.skip(f"an accelerator is present: {accelerator()}")
+    assert default_batch_size() == 32 and Embedder(bb).batch_size == 32
+    assert featx.get_backbone("mobilenet_v2", weights=None, input_size=32,
+                              dtype="auto").fingerprint == bb.fingerprint
+
+
+def test_xla_on_a_cpu_warns_once_and_runs_without_it(bb, caplog):
+    import logging
+
+    from featx._env import accelerator, import_keras
+
+    if import_keras().backend.backend() != "tensorflow" or accelerator() is not None:
+        pytest.skip("the guard is for TensorFlow without an accelerator")
+    from featx.engine import _forward
+
+    _forward._XLA_WARNED.clear()
+    images = np.random.RandomState(5).randint(0, 255, (3, 40, 40, 3)).astype(np.uint8)
+    plain = Embedder(bb, batch_size=3, progress=False).embed(images)
+    clear_memo()
+    with caplog.at_level(logging.WARNING, logger="featx"):
+        xla = Embedder(bb, batch_size=5, progress=False, jit_compile=True).embed(images)
+        Embedder(bb, batch_size=6, progress=False, jit_compile=True).embed(images[:1])
+    warnings = [r for r in caplog.records if "jit_compile=True without an accelerator" in r.message]
+    assert len(warnings) == 1
+    np.testing.assert_allclose(xla, plain, atol=1e-5)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..errors import FeatxError, InvalidParameterError
-from .base import Backbone, get_backbone, resolve_weights
+from .base import Backbone, default_compute_dtype, get_backbone, resolve_weights
 from .registry import get_spec
 
 __all__ = ["BackboneConfig", "clear_config_cache"]
@@ -138,7 +138,8 @@ class BackboneConfig:
         spec = get_spec(self.name)
         size = self.input_size if self.input_size is not None else spec.input_size
         weights = resolve_weights(spec.name, self.weights)  # "auto" is what it resolves to
-        return (spec.name, _weights_identity(weights), size, self.pooling, self.dtype,
+        dtype = default_compute_dtype() if self.dtype == "auto" else self.dtype
+        return (spec.name, _weights_identity(weights), size, self.pooling, dtype,
                 self.include_top, self.seed)
 
     def id(self) -> str:

@@ -17,10 +17,11 @@ import numpy as np
 
 from ..backbones import Backbone, get_backbone
 from ..errors import EmbedInterrupted, FeatxError, InvalidParameterError
-from ..images import RESIZE_POLICIES, Source, as_sources
+from ..images import RESIZE_POLICIES, Source, as_sources, read_bytes
 from ..store import EmbeddingStore
 from ._decode import POOLS, DecodePool, choose_pool, default_workers
-from ._forward import PaddedForward
+from ._forward import PaddedForward, default_batch_size
+from ._gpu_decode import DECODERS, GPU_DECODER_ID, GpuJpegDecoder, is_jpeg, resolve_decoder
 from ._keys import key_source, vector_fingerprint
 from ._memo import MEMO
 from ._plan import plan
@@ -111,8 +112,10 @@ class Embedder:
         Where vectors persist (an HDF5 path or a store object).  None keeps
         them in a per-process memo only.  A store opened with ``readonly=True``
         serves the vectors it holds; the others are computed and kept in the memo.
-    batch_size : int, default 32
+    batch_size : int, optional
         Forward batch; every batch runs at this shape (the last is padded).
+        Default: :func:`~featx.engine.default_batch_size` — 32 on a CPU, 256 on
+        an accelerator.
     on_error : {"raise", "skip"}, default "raise"
         ``"raise"``: the first bad image raises a :class:`~featx.errors.FeatxError`
         subclass naming it; batches committed before stay.  ``"skip"``: bad
@@ -141,6 +144,12 @@ class Embedder:
         Compile the forward pass with XLA on the TensorFlow backend (worth it
         on GPUs; JAX always uses XLA; ignored on torch). Vectors equal the
         non-XLA ones to float tolerance, so they share the backbone's fingerprint.
+    decoder : {"cpu", "gpu", "auto"}, default "cpu"
+        ``"gpu"`` decodes JPEGs with nvJPEG and fits them on the GPU
+        (:class:`~featx.engine.GpuJpegDecoder`; needs torch + torchvision with
+        CUDA); other images still decode on the CPU. Its pixels differ from
+        Pillow's, so its vectors get their own fingerprint. ``"auto"`` takes the
+        GPU decoder where it can run.
 
     Attributes
     ----------
@@ -168,18 +177,21 @@ class Embedder:
     ((8, 1280), 6, True)
     """
 
-    def __init__(self, backbone: Union[Backbone, str], store=None, batch_size: int = 32,
+    def __init__(self, backbone: Union[Backbone, str], store=None,
+                 batch_size: Optional[int] = None,
                  on_error: str = "raise", progress: Optional[bool] = None,
                  policy: str = "squash", workers: Optional[int] = None,
                  exclusive_forward: bool = True, jit_compile: bool = False,
-                 pool: str = "auto"):
+                 pool: str = "auto", decoder: str = "cpu"):
         if on_error not in ON_ERROR:
             raise InvalidParameterError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         if policy not in RESIZE_POLICIES:
             raise InvalidParameterError(f"policy must be one of {RESIZE_POLICIES}, got {policy!r}")
         if pool not in POOLS:
             raise InvalidParameterError(f"pool must be one of {POOLS}, got {pool!r}")
-        if int(batch_size) < 1:
+        if decoder not in DECODERS:
+            raise InvalidParameterError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+        if batch_size is not None and int(batch_size) < 1:
             raise InvalidParameterError(f"batch_size must be >= 1, got {batch_size!r}")
         if isinstance(backbone, str):  # after the cheap checks: building costs seconds
             backbone = get_backbone(backbone)
@@ -188,7 +200,8 @@ class Embedder:
                                         f"{type(backbone).__name__}")
         self.backbone = backbone
         self.store = EmbeddingStore(store) if isinstance(store, (str, os.PathLike)) else store
-        self.batch_size = int(batch_size)
+        self.batch_size = int(batch_size) if batch_size is not None else default_batch_size()
+        self.decoder = decoder
         self.on_error = on_error
         self.progress = progress
         self.policy = policy
@@ -245,11 +258,12 @@ class Embedder:
     def fingerprint(self) -> str:
         """The identity this embedder's vectors are stored under.
 
-        The backbone's fingerprint for the default ``policy="squash"``; another
-        resize policy gives other vectors, so it gets its own (see
-        :func:`~featx.engine.vector_fingerprint`).
+        The backbone's fingerprint for the default ``policy="squash"`` and CPU
+        decoder; another resize policy or the GPU decoder gives other vectors, so
+        they get their own (see :func:`~featx.engine.vector_fingerprint`).
         """
-        return vector_fingerprint(self.backbone.fingerprint, self.policy)
+        return vector_fingerprint(self.backbone.fingerprint, self.policy,
+                                  resolve_decoder(self.decoder))
 
     # -- internals used by _Run ---------------------------------------------
 
@@ -300,11 +314,16 @@ class _Run:
         self.stats["pool"] = kind
         self.pool = DecodePool(self.size, embedder.policy, embedder.workers, kind)
         self.bar = self._make_bar(n)
-        self.fp = embedder.fingerprint
+        decoder = resolve_decoder(embedder.decoder)
+        self.stats["decoder"] = decoder
+        self.gpu = GpuJpegDecoder(self.size, embedder.policy) if decoder == "gpu" else None
+        self.fp = vector_fingerprint(self.bb.fingerprint, embedder.policy, decoder)
         self.spec = self.bb.describe()
-        if self.fp != self.bb.fingerprint:  # a non-default resize policy: its own group
+        if self.fp != self.bb.fingerprint:  # another resize policy or decoder: its own group
             self.spec.update(fingerprint=self.fp, backbone_fingerprint=self.bb.fingerprint,
                              resize_policy=embedder.policy)
+            if decoder == "gpu":
+                self.spec.update(decoder=GPU_DECODER_ID)
         self.lock = threading.Lock()
 
     def _make_bar(self, n):
@@ -384,6 +403,11 @@ class _Run:
 
     def _decode_all(self, fresh: Dict[bytes, Tuple[Source, Optional[bytes]]]):
         """``(key, pixels, error, seconds)`` per fresh key, decoded from the bytes already read."""
+        if self.gpu is not None:
+            decoded: Dict[bytes, np.ndarray] = {}
+            fresh = self._decode_on_gpu(fresh, decoded.__setitem__)
+            for key, pixels in decoded.items():
+                yield key, pixels, None, 0.0
         sources = [data if data is not None else item for item, data in fresh.values()]
         names = [item.describe() for item, _ in fresh.values()]
         for key, result in zip(fresh, self.pool.map(sources, names)):
@@ -424,7 +448,10 @@ class _Run:
                     item, future = reads.popleft()
                     group.append((item, future.result()))
                 read_ahead()
-                for key, (item, data) in self._route(group).items():
+                fresh = self._route(group)
+                if self.gpu is not None:
+                    fresh = self._decode_on_gpu(fresh, pending.add)
+                for key, (item, data) in fresh.items():
                     source = data if data is not None else item
                     decodes.append((key, self.pool.submit(source, item.describe())))
             # Take decoded images that are ready; wait for the oldest only when too many
@@ -473,6 +500,29 @@ class _Run:
         if hits:
             self._put_item(_Hits(hits))
         return fresh
+
+    def _decode_on_gpu(self, fresh, take) -> Dict[bytes, Tuple[Source, Optional[bytes]]]:
+        """Decode the JPEGs among ``fresh`` on the GPU, ``take(key, pixels)`` each; the
+        rest (other formats, arrays, what nvJPEG refuses) is returned for the CPU."""
+        jpegs, rest = {}, {}
+        for key, (item, data) in fresh.items():
+            if data is None and item.path is not None:
+                try:
+                    data = read_bytes(item.path)
+                except FeatxError:  # the CPU path reports it under on_error
+                    rest[key] = (item, None)
+                    continue
+            (jpegs if is_jpeg(data) else rest)[key] = (item, data)
+        if jpegs:
+            t = time.perf_counter()
+            images = self.gpu.decode([data for _, data in jpegs.values()])
+            self.stats["decode_s"] += time.perf_counter() - t
+            for (key, pair), pixels in zip(jpegs.items(), images):
+                if pixels is None:
+                    rest[key] = pair
+                else:
+                    take(key, pixels)
+        return rest
 
     def _take_decoded(self, key: bytes, result, pending: "_Pending") -> None:
         pixels, error, seconds = result

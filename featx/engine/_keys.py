@@ -75,14 +75,15 @@ def key_source(item: Source) -> Tuple[bytes, Optional[bytes]]:
     return key, data
 
 
-def vector_fingerprint(backbone_fingerprint: str, policy: str = "squash") -> str:
+def vector_fingerprint(backbone_fingerprint: str, policy: str = "squash",
+                       decoder: str = "cpu") -> str:
     """The identity vectors are stored and memoised under: the backbone's, plus the
-    resize policy that fitted the pixels to it.
+    resize policy that fitted the pixels to it and the decoder that made them.
 
-    Two policies give different vectors from the same image and backbone, so they
-    must never share a store group. ``"squash"`` (the default) keeps the backbone's
-    own fingerprint, so every store written before the policy joined the identity
-    stays valid.
+    Two policies, or Pillow against the GPU decoder, give different vectors from
+    the same image and backbone, so they must never share a store group. The
+    defaults (``"squash"``, ``"cpu"``) keep the backbone's own fingerprint, so
+    every store written before policy and decoder joined the identity stays valid.
 
     Examples
     --------
@@ -91,7 +92,16 @@ def vector_fingerprint(backbone_fingerprint: str, policy: str = "squash") -> str
     'ab12'
     >>> vector_fingerprint("ab12", "crop") == vector_fingerprint("ab12", "pad")
     False
+    >>> vector_fingerprint("ab12", "squash", "gpu") == vector_fingerprint("ab12")
+    False
     """
-    if policy == "squash":
+    if decoder not in ("cpu", "gpu"):
+        raise ValueError(f"decoder must be 'cpu' or 'gpu' (resolved), got {decoder!r}")
+    if policy == "squash" and decoder == "cpu":
         return backbone_fingerprint
-    return hashlib.sha256(f"{backbone_fingerprint}|resize={policy}".encode()).hexdigest()
+    identity = f"{backbone_fingerprint}|resize={policy}"
+    if decoder == "gpu":
+        from ._gpu_decode import GPU_DECODER_ID
+
+        identity += f"|decoder={GPU_DECODER_ID}"
+    return hashlib.sha256(identity.encode()).hexdigest()
