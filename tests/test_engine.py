@@ -454,3 +454,25 @@ def test_xla_on_a_cpu_warns_once_and_runs_without_it(bb, caplog):
     warnings = [r for r in caplog.records if "jit_compile=True without an accelerator" in r.message]
     assert len(warnings) == 1
     np.testing.assert_allclose(xla, plain, atol=1e-5)
+
+
+def test_a_fully_cached_call_reads_no_file_and_a_rewritten_one_is_read_again(bb, tmp_path):
+    import threading
+
+    paths = make_jpegs(tmp_path / "imgs", 6, size=(40, 30))
+    for store in (None, str(tmp_path / "s.h5")):
+        clear_memo()
+        emb = Embedder(bb, store=store, batch_size=4, progress=False)
+        first = emb.embed(paths + paths[:2])
+        threads_before = threading.active_count()
+        again = emb.embed(paths + paths[:2])
+        assert emb.stats["pool"] == "none" and emb.stats["forwarded"] == 0
+        assert emb.stats["unique"] == emb.stats["cache_hits"] == 6
+        assert threading.active_count() == threads_before  # no reader, producer or pool
+        np.testing.assert_array_equal(again, first)
+        Image.new("RGB", (40, 30), (200, 10, 10)).save(paths[0])  # new content, new key
+        changed = emb.embed(paths)
+        assert emb.stats["pool"] != "none" and emb.stats["forwarded"] == 1
+        assert not np.array_equal(changed[0], first[0])
+        np.testing.assert_array_equal(changed[1:], first[1:6])
+        make_jpegs(tmp_path / "imgs", 6, size=(40, 30))  # the original files back
