@@ -227,6 +227,59 @@ def _cmd_cache_verify(args) -> int:
     return 0
 
 
+def _cmd_cache_export(args) -> int:
+    from .backbones import get_spec
+    from .store import EmbeddingStore, export_vectors, find_group
+
+    _require_file(args.file, "cache export")
+    store = EmbeddingStore(args.file, readonly=True)
+    fp = find_group(store, backbone=get_spec(args.backbone).name if args.backbone else None,
+                    fingerprint=args.fingerprint)
+    paths_by_key = _paths_by_key(args.src) if args.src else None
+    result = export_vectors(store, fp, args.out, paths_by_key=paths_by_key)
+    result.update(fingerprint=fp, backbone=(store.spec(fp) or {}).get("name"))
+    if args.json:
+        _print_json(result)
+    else:
+        seen = f", {result['with_paths']} matched to files under {args.src}" if args.src else ""
+        print(f"wrote {result['rows']} vectors of {result['backbone']} ({fp[:16]}, dim "
+              f"{result['dim']}) to {result['path']}{seen}")
+    return 0
+
+
+def _paths_by_key(src) -> dict:
+    """Content key -> the paths under ``src`` with that content (read and hashed here)."""
+    import os
+
+    from .engine import key_source
+    from .images import Source
+
+    found: dict = {}
+    for path in _image_sources(src, "cache export"):
+        try:
+            key, _ = key_source(Source(path=os.fspath(path)))
+        except FeatxError:  # an unreadable file matches no vector
+            continue
+        found.setdefault(key, []).append(os.fspath(path))
+    return found
+
+
+def _cmd_cache_drop(args) -> int:
+    from .store import EmbeddingStore, find_group
+
+    _require_file(args.file, "cache drop")
+    store = EmbeddingStore(args.file)
+    fp = find_group(store, fingerprint=args.fingerprint)
+    name = (store.spec(fp) or {}).get("name", "?")
+    rows = store.drop(fp)
+    if args.json:
+        _print_json({"dropped": fp, "backbone": name, "rows": rows, "cache": args.file})
+    else:
+        print(f"dropped {rows} vectors of {name} ({fp[:16]}) from {args.file}; the next run "
+              "embeds those images again (the file keeps its size: h5repack shrinks it)")
+    return 0
+
+
 def _load_labelled(args):
     """(train sources, y, class names, test split or None, description) for baseline/finetune."""
     import os
@@ -542,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
     p.set_defaults(func=_cmd_predict)
 
-    cache = sub.add_parser("cache", help="inspect or verify an HDF5 cache")
+    cache = sub.add_parser("cache", help="inspect, verify, export or drop groups of a cache")
     cache_sub = cache.add_subparsers(dest="cache_command", metavar="ACTION",
                                      parser_class=_Parser)
     cache_sub.required = True
@@ -554,6 +607,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="F")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_cache_verify)
+    p = cache_sub.add_parser("export", help="one backbone's vectors to .npz, .csv or .parquet")
+    p.add_argument("file", metavar="F")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--backbone", "-b", help="the group of this backbone (if it has one)")
+    which.add_argument("--fingerprint", help="the group of this fingerprint (8+ characters)")
+    p.add_argument("--out", "-o", required=True, help="vectors.npz | vectors.csv | "
+                   "vectors.parquet (needs pyarrow)")
+    p.add_argument("--src", help="image folder or listing: add the paths of each vector "
+                                 "(the cache keys by content, not by path)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_cache_export)
+    p = cache_sub.add_parser("drop", help="delete one group (see `cache info` for fingerprints)")
+    p.add_argument("file", metavar="F")
+    p.add_argument("--fingerprint", required=True, help="fingerprint or its first 8+ characters")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_cache_drop)
     return parser
 
 

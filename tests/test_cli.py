@@ -8,8 +8,11 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
+
+from _imagegen import make_jpegs
 
 FEATX = shutil.which("featx", path=os.path.dirname(sys.executable)) or shutil.which("featx")
 pytestmark = pytest.mark.skipif(FEATX is None, reason="featx entry point not installed")
@@ -56,6 +59,46 @@ def test_embed_then_cache_info_and_verify(tree, tmp_path):
     assert verify.returncode == 0 and "OK" in verify.stdout
 
 
+def test_cache_export_writes_every_vector_with_its_paths_and_drop_removes_one_group(tmp_path):
+    from featx.store import EmbeddingStore
+
+    imgs = tmp_path / "imgs"
+    paths = make_jpegs(imgs, 4, size=(40, 30))
+    shutil.copy(paths[0], imgs / "copy_of_first.jpg")  # same content, one vector, two paths
+    cache = str(tmp_path / "c.h5")
+    for size in ("32", "48"):
+        assert run("embed", imgs, "--cache", cache, "--backbone", "mobilenet_v2", "--weights",
+                   "none", "--input-size", size, "--quiet").returncode == 0
+    groups = {b["input_size"]: b["fingerprint"] for b in
+              json.loads(run("cache", "info", cache, "--json").stdout)["backbones"]}
+    ambiguous = run("cache", "export", cache, "-b", "mobilenet_v2", "--out", tmp_path / "v.npz")
+    assert ambiguous.returncode == 2 and "2 groups match" in ambiguous.stderr
+    assert groups[32][:16] in ambiguous.stderr and groups[48][:16] in ambiguous.stderr
+    out = run("cache", "export", cache, "--fingerprint", groups[32][:10], "--out",
+              tmp_path / "v.npz", "--src", imgs)
+    assert out.returncode == 0 and "wrote 4 vectors" in out.stdout, out.stderr
+    saved = np.load(tmp_path / "v.npz")
+    stored, found = EmbeddingStore(cache, readonly=True).get(
+        groups[32], [bytes.fromhex(k) for k in saved["keys"]])
+    assert found.all() and np.array_equal(saved["vectors"], stored)
+    both = [p for p in saved["paths"] if ";" in p]
+    assert len(both) == 1 and "copy_of_first.jpg" in both[0]
+    csv_out = run("cache", "export", cache, "--fingerprint", groups[48], "--out",
+                  tmp_path / "v.csv", "--json")
+    assert json.loads(csv_out.stdout)["rows"] == 4
+    header = (tmp_path / "v.csv").read_text().splitlines()[0].split(",")
+    assert header[:3] == ["key", "paths", "v0"] and len(header) == 2 + 1280
+    bad = run("cache", "export", cache, "--fingerprint", groups[48], "--out", tmp_path / "v.txt")
+    assert bad.returncode == 2 and ".npz, .csv, .parquet" in bad.stderr
+    dropped = run("cache", "drop", cache, "--fingerprint", groups[48][:12])
+    assert dropped.returncode == 0 and "dropped 4 vectors" in dropped.stdout
+    left = json.loads(run("cache", "info", cache, "--json").stdout)["backbones"]
+    assert [b["fingerprint"] for b in left] == [groups[32]]
+    again = run("cache", "drop", cache, "--fingerprint", groups[48][:12])
+    assert again.returncode == 2 and "no group" in again.stderr
+    assert run("cache", "verify", cache).returncode == 0
+
+
 @pytest.mark.parametrize("argv,reason", [
     (["backbone"], "invalid choice"),
     (["embed", "/definitely/not/here", "--cache", "x.h5"], "no such file or folder"),
@@ -80,7 +123,8 @@ def test_a_damaged_cache_exits_2(tmp_path):
 
 def test_help_on_each_command():
     for argv in (["--help"], ["backbones", "--help"], ["embed", "--help"],
-                 ["cache", "info", "--help"], ["cache", "verify", "--help"]):
+                 ["cache", "info", "--help"], ["cache", "verify", "--help"],
+                 ["cache", "export", "--help"], ["cache", "drop", "--help"]):
         result = run(*argv)
         assert result.returncode == 0 and "usage" in result.stdout.lower()
 

@@ -42,6 +42,7 @@ import threading
 
 from featx.errors import InvalidParameterError
 
+from ._export import EXPORT_FORMATS, export_vectors, find_group
 from ._format import KEY_BYTES, SPEC_FREE_FIELDS, STORE_VERSION, SUPPORTED_DTYPES
 from ._store import EmbeddingStore
 
@@ -95,6 +96,9 @@ __all__ = [
     "SUPPORTED_DTYPES",
     "SPEC_FREE_FIELDS",
     "EmbeddingStore",
+    "EXPORT_FORMATS",
+    "export_vectors",
+    "find_group",
     "forget_shared_stores",
     "shared_store",
 ]

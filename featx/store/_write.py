@@ -278,6 +278,35 @@ class StoreWrites:
         """
         return merge_into(self, other, batch)
 
+    def drop(self, fingerprint: str) -> int:
+        """Delete one group — its vectors, keys and spec; returns the rows it held.
+
+        For a group that is damaged or no longer wanted (another resize policy,
+        an old weights file). Other processes notice at their next read: the
+        group is gone, or was re-created with a new token. HDF5 does not shrink
+        the file; ``h5repack`` does, if the space matters.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from featx.store import EmbeddingStore
+        >>> store = EmbeddingStore(os.path.join(tempfile.mkdtemp(), "emb.h5"))
+        >>> _ = store.put("ab" * 32, [b"k" * 32], np.ones((1, 2), np.float32), spec={})
+        >>> store.drop("ab" * 32), store.fingerprints()
+        (1, [])
+        """
+        fp = _check_fp(fingerprint)
+        with self._writing() as f:
+            g = self._group(f, fp)
+            if g is None:
+                raise StoreError(f"{self.path!r} holds no group {fp}")
+            rows = int(self._meta(g)["committed"])
+            del f[g.name]
+            f.flush()
+        self._indexes.pop(fp, None)
+        return rows
+
     def _add_forwarded(self, fp: str, n: int) -> None:
         if not n:
             return
