@@ -378,6 +378,71 @@ def _cmd_baseline(args) -> int:
     return 0
 
 
+def _cmd_finetune(args) -> int:
+    import dataclasses
+    import os
+    import time
+
+    import numpy as np
+
+    from .backbones import get_spec, resolve_weights
+    from .io import save_bundle
+    from .leaderboard import Evaluation, add_finetune_rows, run_baseline
+    from .report import write_report
+
+    name = get_spec(args.backbone).name
+    started = time.perf_counter()
+    _check_out_folder(args.out, "finetune")
+    sources, y, names, test, described = _load_labelled(args)
+    _check_classes(y, names, args.cv, "finetune")
+    os.makedirs(args.out, exist_ok=True)
+    cache = args.cache or os.path.join(args.out, "embeddings.h5")
+    quiet = args.quiet or args.json
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    weights = _weights_arg(args.weights)
+    say(f"featx finetune: {len(sources)} images, {len(names)} classes from {described}; "
+        f"{name} ({resolve_weights(name, weights) or 'random'} weights), fold 0 of {args.cv}: "
+        f"a frozen-vector logreg row for reference, then the fine-tuned and the from-scratch "
+        f"CNN; cache {cache}")
+    # The reference row embeds once into the cache; phase 1 of fine-tuning then trains its
+    # head on those same vectors, and all rows share the board's folds.
+    result = run_baseline(sources, y, backbones=[name], heads=["logreg"], cv=args.cv,
+                          cache=cache, weights=weights, input_size=args.input_size,
+                          batch_size=args.batch_size, progress=not quiet, test=test,
+                          pool=args.pool)
+    params = {"unfreeze": args.unfreeze, "augment": tuple(args.augment),
+              **({"epochs": tuple(args.epochs)} if args.epochs else {}),
+              **({} if quiet else {"verbose": 2})}
+    result = add_finetune_rows(result, params)
+    board = result.board
+    tuned = board.finetuned_[(name, "fine-tuned")]
+    _, held = board.splits[0]
+    held_sources = [result.sources[i] for i in held]
+    proba = tuned.predict_proba(_objects(held_sources))
+    order = [list(tuned.classes_).index(c) for c in board.classes_]
+    result = dataclasses.replace(result, evaluation=Evaluation(
+        held_sources, np.asarray(result.y)[held], proba[:, order],
+        f"the fine-tuned {name} on fold 0's {len(held)} held-out images"))
+    for src, why in result.skipped:
+        say(f"skipped {src}: {why}")
+    model_path = save_bundle(os.path.join(args.out, "finetuned_model.joblib"), tuned, names,
+                             cache)
+    seconds = time.perf_counter() - started
+    report = write_report(args.out, result, class_names=names,
+                          title=f"featx finetune — {name} on {described}",
+                          timings={"total (embed + train)": seconds})
+    if args.json:
+        _print_json({"rows": board.rows, "report": str(report), "model": model_path,
+                     "cache": cache, "seconds": seconds, "phases": tuned.phases_,
+                     "skipped": [{"source": src, "reason": why} for src, why in result.skipped]})
+    elif not args.quiet:
+        print()
+        print(board.to_markdown())
+        print(f"\nreport: {report}")
+        print(f"model:  {model_path}   (featx predict {model_path} SRC)")
+    return 0
+
+
 def _objects(items):
     import numpy as np
 
@@ -494,6 +559,35 @@ def _require_file(path: str, command: str) -> None:
         raise _UsageError(f"featx {command}: {path}: no such file")
 
 
+def _unfreeze_arg(text: str):
+    """``--unfreeze``: ``all`` or a layer count."""
+    return "all" if text == "all" else _int_in(0)(text)
+
+
+def _labelled_arguments(p, what: str) -> None:
+    """The data, split and embedding options ``baseline`` and ``finetune`` share."""
+    p.add_argument("src", metavar="SRC", nargs="?",
+                   help="class-folder tree, train/test split tree, or CSV (path,label)")
+    p.add_argument("--dataset", help="offline dataset instead of SRC: elpv, fashion-mnist, "
+                   "lfw-subset, elpv-levels, elpv-type, fashion-mnist-test, tfds:<name>")
+    p.add_argument("--out", "-o", required=True, help=f"folder for {what}")
+    p.add_argument("--cv", type=_int_in(2, 100), default=5, help="folds (default 5)")
+    p.add_argument("--weights", default="auto",
+                   help="auto | packaged | imagenet | none | PATH (default: auto = packaged "
+                        "where installed, else imagenet)")
+    p.add_argument("--input-size", type=_int_in(MIN_INPUT_SIZE, MAX_INPUT_SIZE), default=None,
+                   help=f"input side in pixels, {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE}")
+    p.add_argument("--batch-size", type=_int_in(1, 4096), default=32)
+    p.add_argument("--pool", default="auto", metavar="{auto,threads,processes}",
+                   help="where images are read and decoded: worker threads or processes "
+                        "(auto: processes from 4 cores and 256 images; default: %(default)s)")
+    p.add_argument("--cache", help="HDF5 store (default OUT/embeddings.h5)")
+    p.add_argument("--limit", type=_int_in(1),
+                   help="keep the first LIMIT/n_classes images per class")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", "-q", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``featx`` command (exposed for docs and tests)."""
     parser = _Parser(prog="featx", description="Transfer learning the classical-ML way: "
@@ -545,27 +639,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_embed)
 
     p = sub.add_parser("baseline", help="backbones x heads under CV, with an HTML report")
-    p.add_argument("src", metavar="SRC", nargs="?",
-                   help="class-folder tree, train/test split tree, or CSV (path,label)")
-    p.add_argument("--dataset", help="offline dataset instead of SRC: elpv, fashion-mnist, "
-                   "lfw-subset, elpv-levels, elpv-type, fashion-mnist-test, tfds:<name>")
-    p.add_argument("--out", "-o", required=True, help="folder for the report, model and cache")
+    _labelled_arguments(p, "the report, model and cache")
     p.add_argument("--backbone", "-b", nargs="+", default=["efficientnet_lite0"])
     p.add_argument("--head", nargs="+", default=["logreg", "svm", "xgboost"],
                    help="logreg svm linear_svm xgboost knn random_forest")
-    p.add_argument("--cv", type=_int_in(2, 100), default=5, help="folds (default 5)")
-    p.add_argument("--weights", default="auto",
-                   help="auto | packaged | imagenet | none | PATH (default: auto = packaged "
-                        "where installed, else imagenet)")
-    p.add_argument("--input-size", type=_int_in(MIN_INPUT_SIZE, MAX_INPUT_SIZE), default=None,
-                   help=f"input side in pixels, {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE}")
-    p.add_argument("--batch-size", type=_int_in(1, 4096), default=32)
-    p.add_argument("--pool", default="auto", metavar="{auto,threads,processes}",
-                   help="where images are read and decoded: worker threads or processes "
-                        "(auto: processes from 4 cores and 256 images; default: %(default)s)")
-    p.add_argument("--cache", help="HDF5 store (default OUT/embeddings.h5)")
-    p.add_argument("--limit", type=_int_in(1),
-                   help="keep the first LIMIT/n_classes images per class")
     p.add_argument("--jobs", "-j", type=_int_in(1, 1024, also=(-1,)), default=None,
                    help="parallel grid-search workers (-1: one per core)")
     p.add_argument("--finetune", action="store_true",
@@ -576,9 +653,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs of the two fine-tuning phases (default 50 3: the head on "
                         "the board's vectors, early-stopped, then the top layers on images); "
                         "scratch gets the image epochs")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=_cmd_baseline)
+
+    p = sub.add_parser("finetune", help="fine-tune one backbone (and train it from scratch) "
+                                        "on the board's fold 0, with curves and a saved model")
+    _labelled_arguments(p, "the report, the fine-tuned model and the cache")
+    p.add_argument("--backbone", "-b", default="efficientnet_lite0")
+    p.add_argument("--epochs", type=_int_in(0, 10000), nargs=2, metavar=("HEAD", "TOP"),
+                   help="epochs of phase 1 (a new head on the frozen base's vectors, "
+                        "early-stopped) and phase 2 (the top layers on augmented images); "
+                        "default 50 3")
+    p.add_argument("--unfreeze", type=_unfreeze_arg, default=20,
+                   help="layers trained in phase 2, counted from the top, or 'all' (default 20)")
+    p.add_argument("--augment", nargs="*", default=["flip", "zoom", "contrast"],
+                   metavar="AUG", help="flip zoom contrast rotate translate brightness "
+                                       "(none: give the flag alone; default flip zoom contrast)")
+    p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("predict", help="predict with a saved model (from featx baseline)")
     p.add_argument("model", metavar="MODEL", help="best_model.joblib written by featx baseline")

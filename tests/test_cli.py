@@ -18,9 +18,9 @@ FEATX = shutil.which("featx", path=os.path.dirname(sys.executable)) or shutil.wh
 pytestmark = pytest.mark.skipif(FEATX is None, reason="featx entry point not installed")
 
 
-def run(*args, timeout=300):
+def run(*args, timeout=300, cwd=None):
     return subprocess.run([FEATX, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, cwd=cwd)
 
 
 @pytest.fixture()
@@ -293,3 +293,26 @@ def test_cache_info_shows_what_tells_two_groups_apart(tree, tmp_path):
     groups = json.loads(run("cache", "info", cache, "--json").stdout)["backbones"]
     assert sorted(g["input_size"] for g in groups) == [32, 48]
     assert all(g["forwarded"] == g["rows"] == 8 for g in groups)
+
+
+def test_finetune_command_trains_on_fold_0_writes_report_and_a_model_predict_reads(tmp_path):
+    data = _classes(tmp_path / "data", {"red": (200, 30, 30), "blue": (30, 30, 200)})
+    out = tmp_path / "ft"
+    result = run("finetune", data, "--out", out, "--backbone", "mobilenet_v2", "--weights",
+                 "none", "--input-size", "32", "--cv", "2", "--epochs", "1", "1",
+                 "--unfreeze", "2", "--augment", "--json", timeout=600)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    heads = {row["head"]: row for row in summary["rows"]}
+    assert {"logreg", "fine-tuned", "scratch"} <= set(heads)
+    assert heads["fine-tuned"]["protocol"] == "held-out fold 0"
+    assert [p["epochs_run"] for p in summary["phases"]] == [1, 1]
+    for name in ("index.html", "training.png", "confusion.png", "finetuned_model.joblib"):
+        assert (out / name).is_file(), name
+    assert "fold 0" in (out / "index.html").read_text()
+    predicted = run("predict", out / "finetuned_model.joblib", data / "red", "--json",
+                    cwd=tmp_path.parent)
+    assert predicted.returncode == 0, predicted.stderr
+    assert len(json.loads(predicted.stdout)["predictions"]) == 4
+    bad = run("finetune", data, "--out", out, "--unfreeze", "top")
+    assert bad.returncode == 2 and "--unfreeze" in bad.stderr

@@ -122,7 +122,7 @@ def _validation_fraction(params: dict, n_train: int, n_classes: int) -> dict:
     if frac and (n_val < n_classes or n_train - n_val < n_classes):
         # Too few images for a stratified validation split (FineTuneClassifier
         # would refuse): train on all of fold 0's training part, no early stopping.
-        log.warning("featx baseline: %d training images are too few for a stratified "
+        log.warning("featx fine-tuning: %d training images are too few for a stratified "
                     "validation_fraction=%s; fine-tuning without validation", n_train, frac)
         return {**params, "validation_fraction": 0}
     return params
