@@ -363,7 +363,7 @@ def _cmd_baseline(args) -> int:
                              names, cache)
     report = write_report(args.out, result, class_names=names,
                           title=f"featx baseline — {described}",
-                          timings={"total (embed + search)": searched})
+                          timings={"total (embed + search)": searched}, command=_command_line())
     if args.json:
         _print_json({"rows": board.rows, "report": str(report), "model": model_path,
                      "cache": cache, "seconds": time.perf_counter() - started,
@@ -422,7 +422,8 @@ def _cmd_finetune(args) -> int:
     order = [list(tuned.classes_).index(c) for c in board.classes_]
     result = dataclasses.replace(result, evaluation=Evaluation(
         held_sources, np.asarray(result.y)[held], proba[:, order],
-        f"the fine-tuned {name} on fold 0's {len(held)} held-out images"))
+        f"fold 0's {len(held)} held-out images (the network never trained on them)",
+        model=f"{name} fine-tuned"))
     for src, why in result.skipped:
         say(f"skipped {src}: {why}")
     model_path = save_bundle(os.path.join(args.out, "finetuned_model.joblib"), tuned, names,
@@ -430,7 +431,7 @@ def _cmd_finetune(args) -> int:
     seconds = time.perf_counter() - started
     report = write_report(args.out, result, class_names=names,
                           title=f"featx finetune — {name} on {described}",
-                          timings={"total (embed + train)": seconds})
+                          timings={"total (embed + train)": seconds}, command=_command_line())
     if args.json:
         _print_json({"rows": board.rows, "report": str(report), "model": model_path,
                      "cache": cache, "seconds": seconds, "phases": tuned.phases_,
@@ -441,6 +442,13 @@ def _cmd_finetune(args) -> int:
         print(f"\nreport: {report}")
         print(f"model:  {model_path}   (featx predict {model_path} SRC)")
     return 0
+
+
+def _command_line() -> str:
+    """This run as one shell line (``featx`` and its arguments, quoted)."""
+    import shlex
+
+    return shlex.join(["featx", *sys.argv[1:]])
 
 
 def _objects(items):

@@ -127,7 +127,7 @@ def _confusion_figure(cm: np.ndarray, names: Sequence[str]):
         for j in range(n):
             ax.text(j, i, str(cm[i, j]), ha="center", va="center",
                     color="white" if cm[i, j] > top / 2 else "black", fontsize=8)
-    ax.set_title("Confusion matrix (best model)")
+    ax.set_title("Confusion matrix")
     return fig
 
 
@@ -168,7 +168,7 @@ def _wrong_figure(sources, indices, y_true, proba, names):
 
     cols = 4
     rows = max(1, -(-len(indices) // cols))
-    fig = _figure(cols * 2.2, rows * 2.5)
+    fig = _figure(cols * 2.6, rows * 3.0)
     for slot, i in enumerate(indices):
         ax = fig.add_subplot(rows, cols, slot + 1)
         try:
@@ -177,9 +177,31 @@ def _wrong_figure(sources, indices, y_true, proba, names):
         except FeatxError:
             ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
         pred = int(np.argmax(proba[i]))
-        ax.set_title(f"true: {str(names[y_true[i]])[:14]}\npred: {str(names[pred])[:14]} "
-                     f"({proba[i, pred]:.2f})", fontsize=7)
+        ax.set_title(f"true: {str(names[y_true[i]])[:16]}\npred: {str(names[pred])[:16]} "
+                     f"({proba[i, pred]:.2f})", fontsize=10)
         ax.axis("off")
+    return fig
+
+
+def _examples_figure(sources, y, names, per_class: int = 6, max_classes: int = 20):
+    """A row of example thumbnails per class (the first ``per_class`` of each)."""
+    from .images import decode_image
+
+    shown = [c for c in range(len(names)) if np.any(np.asarray(y) == c)][:max_classes]
+    fig = _figure(per_class * 1.5 + 1.6, len(shown) * 1.55 + 0.2)
+    for row, c in enumerate(shown):
+        members = np.flatnonzero(np.asarray(y) == c)[:per_class]
+        for col, i in enumerate(members):
+            ax = fig.add_subplot(len(shown), per_class, row * per_class + col + 1)
+            try:
+                ax.imshow(decode_image(sources[i], (THUMB, THUMB), policy="pad"))
+            except FeatxError:
+                ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                ax.set_ylabel(str(names[c])[:16], fontsize=10, rotation=0, ha="right",
+                              va="center")
     return fig
 
 
@@ -200,19 +222,49 @@ def _history_figure(history: Dict[str, list]):
 # --------------------------------------------------------------------------- HTML
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1300px;
 color:#222;padding:0 1rem}h1{font-size:1.6rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}td,th{border:1px solid #ddd;padding:3px 7px;
-text-align:right}th{background:#f4f4f4}td.l,th.l{text-align:left}img{max-width:100%}
-.small{color:#666;font-size:.8rem}.grid{display:flex;flex-wrap:wrap;gap:1rem}
+table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0;max-width:100%}
+td,th{border:1px solid #ddd;padding:3px 7px;text-align:right;overflow-wrap:anywhere}
+th{background:#f4f4f4;overflow-wrap:normal}td.l,th.l{text-align:left}tr.best td{background:#eaf4ea;font-weight:600}
+table.board{width:100%;font-size:.8rem}table.board td{white-space:nowrap}
+table.board td.wrap{white-space:normal}img{max-width:100%}
+.small{color:#666;font-size:.8rem}.means{color:#444;font-size:.9rem;margin:.2rem 0 1rem}
+.grid{display:flex;flex-wrap:wrap;gap:1rem}
+code{background:#f4f4f4;padding:1px 4px;overflow-wrap:anywhere}
 """
+
+#: One line under each plot: what a reader should take from it.
+MEANS = {
+    "examples": "The first images of each class as the model sees them (fitted to a square). "
+                "A class whose examples look unlike the others often has a labelling or "
+                "collection problem.",
+    "confusion": "Rows are the true classes, columns the predicted ones; the diagonal counts "
+                 "correct predictions. A heavy off-diagonal cell names two classes the model "
+                 "mixes up.",
+    "roc": "Each curve trades false alarms (x) against hits (y) as the decision threshold "
+           "moves; the area under it (AUC) is 1.0 for a perfect ranking and 0.5 for chance.",
+    "pr": "Precision against recall per class; a curve near the top right finds the class "
+          "without false alarms. More telling than ROC when a class is rare.",
+    "wrong": "The images the model got wrong with the highest confidence: often mislabelled, "
+             "ambiguous or out-of-scope images, or one systematic confusion, worth a look "
+             "before trusting the score.",
+    "training": "Loss and accuracy per epoch. A validation curve that worsens while the "
+                "training curve keeps improving means the network is over-fitting.",
+}
+
+
+def _means(key: str) -> str:
+    return f'<p class="means">{_esc(MEANS[key])}</p>'
+
 
 
 def _esc(value) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _table(rows: List[dict], columns: Sequence[str], left: Sequence[str] = ()) -> str:
+def _table(rows: List[dict], columns: Sequence[str], left: Sequence[str] = (),
+           digits: Optional[int] = None) -> str:
     head = "".join(f'<th class="{"l" if c in left else ""}">{_esc(c)}</th>' for c in columns)
     body = []
     for row in rows:
@@ -220,7 +272,7 @@ def _table(rows: List[dict], columns: Sequence[str], left: Sequence[str] = ()) -
         for c in columns:
             v = row.get(c, "")
             if isinstance(v, float):
-                v = "" if v != v else f"{v:.4g}"
+                v = "" if v != v else (f"{v:.{digits}f}" if digits is not None else f"{v:.4g}")
             cells.append(f'<td class="{"l" if c in left else ""}">{_esc(v)}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
@@ -233,7 +285,8 @@ def _img(name: str, data: bytes, alt: str) -> str:
 
 def write_report(out_dir, result, *, class_names: Optional[Sequence[str]] = None,
                  title: str = "featx baseline", dataset_name: Optional[str] = None,
-                 timings: Optional[Dict[str, float]] = None, n_wrong: int = 12) -> Path:
+                 timings: Optional[Dict[str, float]] = None, n_wrong: int = 12,
+                 command: Optional[str] = None) -> Path:
     """Write ``index.html`` (self-contained) and the figures as PNG files into ``out_dir``.
 
     Everything comes from ``result``, plain data: the board's rows, the best
@@ -255,6 +308,9 @@ def write_report(out_dir, result, *, class_names: Optional[Sequence[str]] = None
         Stage name → seconds.
     n_wrong : int, default 12
         How many of the most confidently wrong images to show.
+    command : str, optional
+        The command line that produced the result, shown so the run can be
+        repeated (the CLI passes its own).
 
     Returns
     -------
@@ -287,15 +343,26 @@ def write_report(out_dir, result, *, class_names: Optional[Sequence[str]] = None
     parts: List[str] = []
     figures: Dict[str, bytes] = {}
 
-    summary = dataset_summary(sources, y, names)
+    # The dataset as searched (every kept image), not only the evaluated part of it.
+    all_sources = list(getattr(result, "sources", None) or sources)
+    all_y = (np.searchsorted(classes, np.asarray(result.y))
+             if getattr(result, "sources", None) else y)
+    summary = dataset_summary(all_sources, all_y, names)
+    parts.append("<h2>Run settings</h2>")
+    parts.append(_settings_html(board, result, command))
+
     parts.append("<h2>Dataset</h2>")
+    sizes = summary["sizes"]
     parts.append(f"<p>{summary['n_images']} images, {summary['n_classes']} classes"
-                 f"{' — ' + _esc(dataset_name) if dataset_name else ''}. Image sizes (w × h, "
-                 f"from {summary['sampled']} headers): min {_esc(summary['sizes']['min'])}, "
-                 f"median {_esc(summary['sizes']['median'])}, max {_esc(summary['sizes']['max'])}; "
-                 f"formats {_esc(summary['formats'])}.</p>")
+                 f"{' — ' + _esc(dataset_name) if dataset_name else ''}. Image sizes (width × "
+                 f"height, from {summary['sampled']} file headers): min {_size(sizes['min'])}, "
+                 f"median {_size(sizes['median'])}, max {_size(sizes['max'])}. Formats: "
+                 f"{_esc(_counts(summary['formats']))}.</p>")
     parts.append(_table([{"class": k, "images": v} for k, v in summary["counts"].items()],
                         ["class", "images"], left=["class"]))
+    figures["examples.png"] = _png(_examples_figure(all_sources, all_y, names))
+    parts.append(_img("examples.png", figures["examples.png"], "example images per class"))
+    parts.append(_means("examples"))
     if skipped:
         parts.append(f"<h2>Images left out ({len(skipped)})</h2>")
         parts.append("<p class=small>They could not be read or decoded, so they are in no "
@@ -303,20 +370,21 @@ def write_report(out_dir, result, *, class_names: Optional[Sequence[str]] = None
         parts.append(_table([{"image": src, "reason": why} for src, why in skipped],
                             ["image", "reason"], left=["image", "reason"]))
 
-    frame_rows = _board_rows(board)
+    best = board.best_
     parts.append("<h2>Leaderboard</h2>")
     parts.append(f"<p class=small>{_esc(board.cv_description)}; ranked by "
-                 f"{_esc(board.primary)}. Scores are the grid searches' cross-validated means "
-                 "(± std over folds).</p>")
-    columns = [c for c in frame_rows[0].keys()] if frame_rows else []
-    parts.append(_table(frame_rows, columns, left=["backbone", "head", "best_params"]))
+                 f"{_esc(board.primary)}. Scores are means ± standard deviation over the "
+                 "folds; the highlighted row is the model refit on every image and "
+                 "saved.</p>")
+    parts.append(_board_html(board, best))
 
     proba = np.asarray(proba, dtype=float)
     if proba.shape != (len(y), len(names)):
         raise FeatxError(f"proba must have shape ({len(y)}, {len(names)}), got {proba.shape}")
     pred = np.argmax(proba, axis=1)
-    best = board.best_
-    parts.append(f"<h2>Best model: {_esc(best['backbone'])} + {_esc(best['head'])}</h2>")
+    model = evaluation.model or f"{best['backbone']} + {best['head']}"
+    parts.append(f"<h2>{'Evaluated model' if evaluation.model else 'Best model'}: "
+                 f"{_esc(model)}</h2>")
     parts.append(f"<p class=small>Evaluated on {_esc(evaluated_on)}.</p>")
     cm = confusion_matrix(y, pred, labels=list(range(len(names))))
     figures["confusion.png"] = _png(_confusion_figure(cm, names))
@@ -325,24 +393,26 @@ def write_report(out_dir, result, *, class_names: Optional[Sequence[str]] = None
     per_class = [{"class": n, "precision": report[n]["precision"],
                   "recall": report[n]["recall"], "f1": report[n]["f1-score"],
                   "support": int(report[n]["support"])} for n in names]
-    parts.append('<div class="grid">' + _img("confusion.png", figures["confusion.png"],
-                                              "confusion matrix") + "</div>")
+    parts.append(_img("confusion.png", figures["confusion.png"], "confusion matrix"))
+    parts.append(_means("confusion"))
     parts.append(_table(per_class, ["class", "precision", "recall", "f1", "support"],
-                        left=["class"]))
+                        left=["class"], digits=3))
     figures["roc.png"] = _png(_curves_figure(y, proba, names, "roc"))
     figures["pr.png"] = _png(_curves_figure(y, proba, names, "pr"))
     parts.append('<div class="grid">' + _img("roc.png", figures["roc.png"], "ROC curves")
                  + _img("pr.png", figures["pr.png"], "precision-recall curves") + "</div>")
+    parts.append(_means("roc") + _means("pr"))
     wrong = most_confidently_wrong(y, proba, n_wrong)
     parts.append("<h2>Most confidently wrong</h2>")
     if wrong:
         figures["wrong.png"] = _png(_wrong_figure(list(sources), wrong, y, proba, names))
         parts.append(_img("wrong.png", figures["wrong.png"], "most confidently wrong images"))
+        parts.append(_means("wrong"))
         listing = [{"file": _label(sources[i], i), "true": names[y[i]],
-                    "predicted": names[pred[i]], "p": float(proba[i, pred[i]])}
+                    "predicted": names[pred[i]], "confidence": float(proba[i, pred[i]])}
                    for i in wrong]
-        parts.append(_table(listing, ["file", "true", "predicted", "p"],
-                            left=["file", "true", "predicted"]))
+        parts.append(_table(listing, ["file", "true", "predicted", "confidence"],
+                            left=["file", "true", "predicted"], digits=3))
     else:
         parts.append("<p>No misclassified image.</p>")
 
@@ -350,28 +420,21 @@ def write_report(out_dir, result, *, class_names: Optional[Sequence[str]] = None
         figures["training.png"] = _png(_history_figure(history))
         parts.append("<h2>Training curves (fine-tuning)</h2>")
         parts.append(_img("training.png", figures["training.png"], "training curves"))
+        parts.append(_means("training"))
 
-    stage_rows = [{"stage": k, "seconds": float(v)} for k, v in (timings or {}).items()]
-    for backbone, stats in board.embed_stats_.items():
-        for key in ("read_s", "decode_s", "forward_s", "write_s", "total_s"):
-            if key in stats:
-                stage_rows.append({"stage": f"embed {backbone}: {key[:-2]}",
-                                   "seconds": float(stats[key])})
-        if "forwarded" in stats:
-            stage_rows.append({"stage": f"embed {backbone}: images forwarded / cache hits",
-                               "seconds": f"{stats['forwarded']} / {stats.get('cache_hits', 0)}"})
-    if stage_rows:
-        parts.append("<h2>Timing</h2>")
-        parts.append(_table(stage_rows, ["stage", "seconds"], left=["stage"]))
+    parts.append(_timing_html(board, timings))
 
     for name, data in figures.items():
         (out / name).write_bytes(data)
+    from . import __version__
+
     generated = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     document = (
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{_esc(title)}</h1><p class=small>Generated {generated} by featx on "
-        f"{_esc(platform.node() or 'this machine')}.</p>" + "".join(parts) + "</body></html>")
+        f"<h1>{_esc(title)}</h1><p class=small>Generated {generated} by featx "
+        f"{_esc(__version__)} on {_esc(platform.node() or 'this machine')}.</p>"
+        + "".join(parts) + "</body></html>")
     path = out / "index.html"
     path.write_text(document, encoding="utf-8")
     return path
@@ -383,10 +446,104 @@ def _label(source, index: int) -> str:
     return f"array[{index}]"
 
 
-def _board_rows(board) -> List[dict]:
-    rows = board.to_records()
-    for row in rows:
-        for key, value in list(row.items()):
-            if isinstance(value, dict):
-                row[key] = ", ".join(f"{k}={v}" for k, v in value.items())
-    return rows
+def _size(wh) -> str:
+    return "—" if not wh else f"{int(wh[0])}×{int(wh[1])}"
+
+
+def _counts(counter: Dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counter.items(), key=lambda kv: -kv[1])) or "—"
+
+
+def _board_html(board, best: dict) -> str:
+    """The board as people read it: one ``mean ± std`` cell per metric, the refit row marked;
+    scores on a held-out test split in a second table, so neither outgrows the page."""
+    header, rows = board.display_table()
+    tests = [i for i, c in enumerate(header) if c.startswith("test ")]
+    main = [i for i in range(len(header)) if i not in tests]
+    tables = [_board_table(board, best, [header[i] for i in main],
+                           [[r[i] for i in main] for r in rows])]
+    if tests:
+        keep = [0, 1, 2, *tests]
+        tables.append("<p class=small>Scores of each row's refit model on the held-out test "
+                      "split:</p>")
+        tables.append(_board_table(board, best, [header[i] for i in keep],
+                                   [[r[i] for i in keep] for r in rows]))
+    return "".join(tables)
+
+
+def _board_table(board, best: dict, header: List[str], rows: List[List[str]]) -> str:
+    left, wrap = ("backbone", "head", "best params"), ("best params", "protocol")
+    head = "".join(f'<th class="{"l" if c in left else ""}">{_esc(c.replace("_", " "))}</th>'
+                   for c in header)
+    body = []
+    for record, cells in zip(board.rows, rows):
+        marked = (record["backbone"], record["head"]) == (best["backbone"], best["head"])
+        tds = "".join(f'<td class="{"l" if c in left else ""}{" wrap" if c in wrap else ""}">'
+                      f"{_esc(v)}</td>" for c, v in zip(header, cells))
+        body.append(f'<tr{" class=best" if marked else ""}>{tds}</tr>')
+    return f'<table class="board"><tr>{head}</tr>{"".join(body)}</table>'
+
+
+def _settings_html(board, result, command: Optional[str]) -> str:
+    """What a user needs to repeat the run: each backbone's identity, the versions, the command."""
+    rows = []
+    for name, d in getattr(board, "backbones_", {}).items():
+        rows.append({"backbone": name, "weights": d.get("weights_kind", "?"),
+                     "input": f"{d.get('input_size', '?')} px",
+                     "pooling": d.get("pooling") or "—", "dtype": d.get("dtype", "?"),
+                     "dim": d.get("dim", "?"),
+                     "fingerprint": str(d.get("fingerprint", "?"))[:16]})
+    html_parts = [_table(rows, ["backbone", "weights", "input", "pooling", "dtype", "dim",
+                                "fingerprint"], left=["backbone", "weights", "fingerprint"])
+                  if rows else ""]
+    settings = getattr(result, "settings", None) or {}
+    if settings:
+        shown = {k: settings[k] for k in ("cv", "random_state", "batch_size", "cache", "pool")
+                 if k in settings and settings[k] is not None}
+        html_parts.append("<p class=small>" + _esc(", ".join(f"{k} {v}" for k, v in
+                                                          shown.items())) + "</p>")
+    html_parts.append(f"<p class=small>{_esc(_versions())}</p>")
+    if command:
+        html_parts.append(f"<p class=small>Command: <code>{_esc(command)}</code></p>")
+    return "".join(html_parts)
+
+
+def _versions() -> str:
+    import sys
+
+    from . import __version__
+
+    found = [f"featx {__version__}", f"Python {sys.version.split()[0]}"]
+    keras = sys.modules.get("keras")  # only what this run imported: nothing is imported here
+    if keras is not None:
+        backend = keras.backend.backend()
+        engine = sys.modules.get(backend)
+        found += [f"Keras {keras.__version__}",
+                  f"backend {backend} {getattr(engine, '__version__', '')}".strip()]
+    for module, label in (("sklearn", "scikit-learn"), ("xgboost", "XGBoost")):
+        loaded = sys.modules.get(module)
+        if loaded is not None and getattr(loaded, "__version__", None):
+            found.append(f"{label} {loaded.__version__}")
+    return "; ".join(found)
+
+
+def _timing_html(board, timings: Optional[Dict[str, float]]) -> str:
+    stage_rows = [{"stage": k, "seconds": float(v)} for k, v in (timings or {}).items()]
+    counts = []
+    for backbone, stats in board.embed_stats_.items():
+        for key in ("read_s", "decode_s", "forward_s", "write_s", "total_s"):
+            if key in stats:
+                stage_rows.append({"stage": f"embed {backbone}: {key[:-2]}",
+                                   "seconds": float(stats[key])})
+        if "forwarded" in stats:
+            counts.append({"backbone": backbone, "images forwarded": stats["forwarded"],
+                           "served from the cache": stats.get("cache_hits", 0)})
+    if not stage_rows and not counts:
+        return ""
+    parts = ["<h2>Timing</h2>"]
+    if stage_rows:
+        parts.append(_table(stage_rows, ["stage", "seconds"], left=["stage"], digits=2))
+    if counts:
+        parts.append(_table(counts, ["backbone", "images forwarded", "served from the cache"],
+                            left=["backbone"]))
+    return "".join(parts)

@@ -18,6 +18,7 @@ from featx.report import dataset_summary, most_confidently_wrong, write_report
 
 EVIL = "<script>alert(1)</script>"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+WIDTH = 1400  # the width the report is looked at
 
 PROBE_HEAD = (
     "<script>window.__alerts=[];window.__errors=[];"
@@ -30,8 +31,13 @@ PROBE_TAIL = (
     "<script>window.addEventListener('load',function(){var imgs=[].slice.call(document.images);"
     "var broken=imgs.filter(function(i){return !(i.complete&&i.naturalWidth>0)}).length;"
     "var r=document.createElement('pre');r.id='__featx_result';"
+    "var wide=[].slice.call(document.querySelectorAll('body *')).filter(function(e){"
+    "return e.getBoundingClientRect().right>window.innerWidth+1}).map(function(e){"
+    "return e.tagName+'.'+e.className}).slice(0,5);"
     "r.textContent=JSON.stringify({images:imgs.length,broken:broken,alerts:__alerts,"
-    "errors:__errors,text:document.body.innerText});document.body.appendChild(r);});</script>")
+    "errors:__errors,text:document.body.innerText,viewport:window.innerWidth,"
+    "overflow:document.documentElement.scrollWidth-window.innerWidth,wide:wide});"
+    "document.body.appendChild(r);});</script>")
 
 
 def open_in_chromium(html_path):
@@ -47,7 +53,7 @@ def open_in_chromium(html_path):
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
          "--no-first-run", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", f"--user-data-dir={folder}/profile", "--virtual-time-budget=10000",
-         "--dump-dom", f"file://{target}"],
+         f"--window-size={WIDTH},1000", "--hide-scrollbars", "--dump-dom", f"file://{target}"],
         capture_output=True, text=True, timeout=120)
     match = re.search(r'<pre id="__featx_result">(.*?)</pre>', result.stdout, re.S)
     assert match, result.stderr[-2000:]
@@ -101,6 +107,41 @@ def test_report_opens_in_a_browser_with_all_images_and_no_errors(board_and_data,
     assert EVIL in seen["text"]  # shown as text, not run
 
 
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+def test_report_fits_1400_px_with_a_wide_board_and_says_how_it_was_made(tmp_path):
+    """Rendered at 1400 px the leaderboard was cut at `log_lo…` behind a scrollbar;
+    the page must fit, mark the refit row, carry versions, settings and per-class
+    examples, and have a screenshot at that width."""
+    from PIL import Image
+
+    rng = np.random.RandomState(2)
+    images = rng.randint(0, 100, (40, 32, 32, 3)).astype(np.uint8)
+    y = np.repeat(["a_rather_long_class_name", "b"], 20)
+    images[20:] += 90
+    result = featx.run_baseline(images, y, backbones=["mobilenet_v2", "resnet50v2"],
+                                heads=["logreg", "svm"], weights=None, input_size=32, cv=3,
+                                test=(images[::4], y[::4]))  # test_* columns: the widest board
+    path = write_report(tmp_path, result, command="featx baseline data --out report")
+    seen = open_in_chromium(path)
+    assert seen["viewport"] == WIDTH
+    assert seen["overflow"] <= 0 and seen["wide"] == [], seen["wide"]
+    assert seen["broken"] == 0 and seen["images"] >= 4  # examples, confusion, ROC, PR (+ wrong)
+    page = path.read_text()
+    assert page.count("<tr class=best>") == 2 and " ± " in page  # the board and its test scores
+    assert f"featx {featx.__version__}" in page and "featx baseline data --out report" in page
+    assert result.board.backbones_["mobilenet_v2"]["fingerprint"][:16] in page
+    for python_repr in ("[96, 96]", "{'", "': "):
+        assert python_repr not in seen["text"], python_repr
+    assert (tmp_path / "examples.png").is_file()
+    shot = tmp_path / "shot.png"
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--user-data-dir={tmp_path}/profile", f"--window-size={WIDTH},2400",
+                    f"--screenshot={shot}", f"file://{path}"],
+                   capture_output=True, timeout=120)
+    assert Image.open(shot).size == (WIDTH, 2400)
+    shutil.copy(shot, os.environ.get("FEATX_REPORT_SHOT", str(shot)))  # to look at by hand
+
+
 def test_report_of_path_sources_reads_their_headers_and_names_the_files(tmp_path):
     """The result hands on the caller's paths: the report reads image sizes from the
     files' headers and lists wrong images by path (a regression: it once got the
@@ -121,5 +162,5 @@ def test_report_of_path_sources_reads_their_headers_and_names_the_files(tmp_path
                                 heads=["logreg"], weights=None, input_size=32, cv=3)
     assert result.evaluation.sources == paths and result.sources == paths
     page = write_report(tmp_path / "out", result, class_names=["a", "b"]).read_text("utf-8")
-    assert "from 18 headers" in page and "min [24, 20]" in page
+    assert "from 18 file headers" in page and "min 24×20" in page
     assert "unreadable" not in page

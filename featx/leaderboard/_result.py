@@ -128,6 +128,9 @@ class Leaderboard:
         With ``test=``: held-out inputs left out, as (position, source, reason).
     embed_stats_ : dict
         Backbone → the engine's counters for its one embedding pass.
+    backbones_ : dict
+        Backbone → its description (weights, input size, pooling, dtype,
+        fingerprint: :meth:`featx.Backbone.describe`), for the report.
     finetuned_ : dict
         With ``finetune=True``: ``(backbone, "fine-tuned")`` and
         ``(backbone, "scratch")`` → the fitted :class:`~featx.FineTuneClassifier`
@@ -161,7 +164,8 @@ class Leaderboard:
                  estimators: dict, searches: dict, n_samples: int,
                  dropped: Sequence[Tuple[int, str, str]], embed_stats: dict,
                  cv_description: str, finetuned: Optional[dict] = None,
-                 test_dropped: Sequence[Tuple[int, str, str]] = ()):
+                 test_dropped: Sequence[Tuple[int, str, str]] = (),
+                 backbones: Optional[dict] = None):
         self.metrics = list(scoring.scorers)
         self.scoring = dict(scoring.described)
         self.primary = primary = scoring.primary
@@ -174,6 +178,7 @@ class Leaderboard:
         self.dropped_reasons_: Dict[int, str] = {int(i): why for i, _, why in dropped}
         self.test_dropped_ = [tuple(t) for t in test_dropped]
         self.embed_stats_ = embed_stats
+        self.backbones_ = dict(backbones or {})
         self.cv_description = cv_description
         self.finetuned_ = dict(finetuned or {})
         self.histories_ = {key: clf.history_ for key, clf in self.finetuned_.items()}
@@ -255,6 +260,45 @@ class Leaderboard:
                                          "without it)") from exc
         return pd.DataFrame(self.to_records(), columns=self._columns()).set_index("rank")
 
+    def display_table(self, digits: int = 3) -> Tuple[List[str], List[List[str]]]:
+        """``(header, rows of cells)`` as people read the board: ``mean ± std`` in one
+        cell per metric at one precision, ``—`` where there is no value (a
+        one-split row has no spread). :meth:`to_markdown` and the HTML report
+        both print it.
+
+        Examples
+        --------
+        >>> import numpy as np, featx
+        >>> rng = np.random.RandomState(0)
+        >>> images = rng.randint(0, 255, (12, 32, 32, 3)).astype(np.uint8)
+        >>> board = featx.baseline(images, np.repeat(["a", "b"], 6), backbones=["mobilenet_v2"],
+        ...                        heads=["logreg"], weights=None, input_size=32, cv=2)
+        >>> header, rows = board.display_table()
+        >>> header[:4], " ± " in rows[0][3]
+        (['rank', 'backbone', 'head', 'balanced_accuracy'], True)
+        """
+        ordered = [self.primary] + [m for m in self.metrics if m != self.primary]
+        tests = [m for m in ordered if any(f"test_{m}" in r for r in self.rows)]
+        header = ["rank", "backbone", "head", *ordered, *[f"test {m}" for m in tests],
+                  "protocol", "fit s", "predict s", "features", "best params"]
+
+        def num(v, d=digits):
+            return "—" if v is None or v != v else f"{v:.{d}f}"
+
+        def spread(mean, std):
+            return num(mean) if std is None or std != std else f"{num(mean)} ± {num(std)}"
+
+        rows = []
+        for r in self.rows:
+            cells = [str(r["rank"]), r["backbone"], r["head"]]
+            cells += [spread(r.get(m), r.get(m + "_std")) for m in ordered]
+            cells += [num(r.get(f"test_{m}")) for m in tests]
+            cells += [str(r.get("protocol", "—"))]
+            cells += [num(r.get("fit_s"), 3), num(r.get("predict_s"), 3), str(r["n_features"]),
+                      _params_text(r.get("best_params"))]
+            rows.append(cells)
+        return header, rows
+
     def to_markdown(self, digits: int = 3) -> str:
         """The board as a plain-text (Markdown) table, ``mean ± std`` per metric.
 
@@ -266,14 +310,7 @@ class Leaderboard:
         -------
         str
         """
-        ordered = [self.primary] + [m for m in self.metrics if m != self.primary]
-        tests = [m for m in ordered if any(f"test_{m}" in r for r in self.rows)]
-        head = ["rank", "backbone", "head", *ordered, *[f"test {m}" for m in tests],
-                "protocol", "fit s", "predict s", "features", "best params"]
-
-        def num(v, d=digits):
-            return "—" if v is None or v != v else f"{v:.{d}f}"
-
+        head, rows = self.display_table(digits)
         lines = [
             f"featx baseline: {self.n_samples} images, {len(self.classes_)} classes, "
             f"{self.cv_description}; ranked by {self.primary}"
@@ -282,14 +319,7 @@ class Leaderboard:
             "| " + " | ".join(head) + " |",
             "|" + "|".join("---" for _ in head) + "|",
         ]
-        for r in self.rows:
-            cells = [str(r["rank"]), r["backbone"], r["head"]]
-            cells += [f"{num(r.get(m))} ± {num(r.get(m + '_std'))}" for m in ordered]
-            cells += [num(r.get(f"test_{m}")) for m in tests]
-            cells += [str(r.get("protocol", "—"))]
-            cells += [num(r.get("fit_s"), 3), num(r.get("predict_s"), 3), str(r["n_features"]),
-                      _params_text(r.get("best_params"))]
-            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["| " + " | ".join(cells) + " |" for cells in rows]
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -325,6 +355,9 @@ class Evaluation:
         Columns in ``Leaderboard.classes_`` order.
     described : str
         Where ``proba`` comes from, in words (shown in the report).
+    model : str, optional
+        Which model made ``proba`` when it is not the board's best row (e.g. a
+        fine-tuned network), in words.
 
     Examples
     --------
@@ -339,6 +372,7 @@ class Evaluation:
     y: np.ndarray
     proba: np.ndarray
     described: str
+    model: Optional[str] = None
 
 
 @dataclass

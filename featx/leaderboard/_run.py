@@ -123,6 +123,7 @@ class _Embedded:
     features: Dict[str, np.ndarray] = field(default_factory=dict)
     fronts: Dict[str, object] = field(default_factory=dict)
     stats: Dict[str, dict] = field(default_factory=dict)
+    described: Dict[str, dict] = field(default_factory=dict)
     reasons: Dict[int, str] = field(default_factory=dict)
     failed: Optional[np.ndarray] = None
 
@@ -145,6 +146,7 @@ def _embed(items, backbone_names, settings: dict, progress) -> _Embedded:
         front = _front(name, settings).set_params(on_error="skip", progress=progress)
         done.add(name, front, front.transform(items))
         stats = done.stats[name] = front.stats_
+        done.described[name] = front.load_backbone().describe()  # the process cache: no build
         log.info("featx baseline: %s embedded %d images (%d forwarded, %d from cache) in %.1f s",
                  name, len(items), stats.get("forwarded", 0), stats.get("cache_hits", 0),
                  stats.get("total_s", float("nan")))
@@ -344,7 +346,8 @@ def run_baseline(sources, y=None, *, backbones=("efficientnet_lite0",),
     board = Leaderboard(rows, scoring=scoring, splits=[(kept[tr], kept[te]) for tr, te in splits],
                         classes=classes, estimators=estimators, searches=searches,
                         n_samples=len(kept), dropped=dropped, embed_stats=embedded.stats,
-                        cv_description=cv_text, test_dropped=test_dropped)
+                        cv_description=cv_text, test_dropped=test_dropped,
+                        backbones=embedded.described)
     # 3. The best row's probabilities, from the same vectors: no image forwarded again.
     evaluation = _evaluation(board, features, [plain[i] for i in kept], y_kept, splits,
                              (test_features, test_kept) if test is not None else None)
