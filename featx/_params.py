@@ -15,7 +15,21 @@ from typing import Any, Dict, Sequence
 
 from .errors import InvalidParameterError
 
-__all__ = ["Interval", "Options", "check_params"]
+__all__ = ["Interval", "Options", "check_params", "image_input_tags"]
+
+
+def image_input_tags(tags):
+    """scikit-learn tags of an estimator whose input is images, not a feature matrix.
+
+    A list/Series of paths (1-D, strings) or a uint8 batch (N, H, W[, C]); with
+    ``two_d_array`` off, ``check_estimator`` skips the tabular checks that
+    would feed it random floats.
+    """
+    tags.input_tags.two_d_array = False
+    tags.input_tags.one_d_array = True
+    tags.input_tags.three_d_array = True
+    tags.input_tags.string = True
+    return tags
 
 
 class Options:

@@ -377,6 +377,10 @@ def as_sources(x: Any) -> list[Source]:
     ...
     featx.errors.ImageDecodeError: input: expected uint8 pixel values in [0, 255]; ...
     """
+    if hasattr(x, "tocsr") and hasattr(x, "nnz"):  # scipy.sparse, without importing scipy
+        raise ImageDecodeError(
+            f"input: sparse input is not supported (received {type(x).__name__}); expected "
+            "image paths or uint8 image arrays")
     if isinstance(x, Source):
         return [x]
     if _is_pathlike(x):

@@ -27,7 +27,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from .backbones import DTYPES, POOLINGS, Backbone, BackboneConfig, clear_config_cache
 from .backbones.registry import get_spec
 from .errors import FeatxError, ImageDecodeError, InvalidParameterError
-from ._params import Interval, Options, check_params
+from ._params import Interval, Options, check_params, image_input_tags
 from .engine import DECODERS, ON_ERROR, POOLS, DecodePool, EmbedFailure, default_workers
 from .images import RESIZE_POLICIES, as_sources, check_decode_options
 from .store import EmbeddingStore
@@ -61,10 +61,8 @@ def _unwrap_column(X) -> Tuple[Any, Optional[np.ndarray]]:
     A ColumnTransformer hands ``["path"]`` selections over as such a frame;
     returns the column and its name(s) for ``feature_names_in_``.
     """
-    if hasattr(X, "tocsr") and hasattr(X, "nnz"):  # scipy.sparse, without importing scipy
-        raise ImageDecodeError(
-            f"input: sparse input is not supported (received {type(X).__name__}); expected "
-            "image paths or uint8 image arrays")
+    if hasattr(X, "tocsr") and hasattr(X, "nnz"):
+        return as_sources(X), None  # refused there, with the one message for sparse input
     if type(X).__name__ == "DataFrame" and hasattr(X, "columns"):
         if X.shape[1] != 1:
             raise ImageDecodeError(
@@ -93,13 +91,7 @@ class _ImageInputMixin:
     """Tags and fit bookkeeping shared by the image transformers."""
 
     def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        # Inputs are images, not feature matrices: a list/Series of paths (1-D,
-        # strings) or a uint8 batch (N, H, W[, C]); sklearn skips its tabular checks.
-        tags.input_tags.two_d_array = False
-        tags.input_tags.one_d_array = True
-        tags.input_tags.three_d_array = True
-        tags.input_tags.string = True
+        tags = image_input_tags(super().__sklearn_tags__())
         tags.requires_fit = False  # transform needs only the parameters
         tags.transformer_tags.preserves_dtype = []  # always float32 out
         return tags

@@ -274,8 +274,9 @@ APPLICABLE_CHECKS = [
 _TABULAR_TAGS_ONLY = {"check_estimator_sparse_array", "check_estimator_sparse_matrix"}
 
 
-@pytest.mark.parametrize("estimator", [ImageEmbedder(**SMALL), RawPixels()],
-                         ids=["ImageEmbedder", "RawPixels"])
+@pytest.mark.parametrize("estimator", [ImageEmbedder(**SMALL), RawPixels(),
+                                       featx.FineTuneClassifier(**SMALL, epochs=(1, 1))],
+                         ids=["ImageEmbedder", "RawPixels", "FineTuneClassifier"])
 @pytest.mark.parametrize("check_name",
                          [c for c in APPLICABLE_CHECKS if c not in _TABULAR_TAGS_ONLY])
 def test_sklearn_checks_that_apply(estimator, check_name):

@@ -19,6 +19,7 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import type_of_target
 
 from .._env import import_keras
+from .._params import image_input_tags
 from ..errors import FeatxError, InvalidDataError, InvalidParameterError
 from ..images import RESIZE_POLICIES, as_sources
 from ._trainer import Trainer, class_weights, split_validation, sub_seed, unfreeze_candidates
@@ -445,6 +446,12 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     # -- prediction ----------------------------------------------------------
+
+    def __sklearn_tags__(self):
+        return image_input_tags(super().__sklearn_tags__())
+
+    def _more_tags(self):  # scikit-learn < 1.6
+        return {"X_types": ["1darray", "3darray", "string"]}
 
     def _check_fitted(self):
         if getattr(self, "model_", None) is None:
