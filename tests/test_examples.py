@@ -64,3 +64,17 @@ def test_seed_example_quick_beats_the_majority_rate(script, available, expected,
         assert (tmp_path / "curves.png").stat().st_size > 1000
     if script.startswith("seed_xray"):
         assert (tmp_path / "xray_model.keras").is_file()
+
+
+@pytest.mark.skipif(not HAS_FASHION, reason="dataset-fashion-mnist is not installed")
+def test_make_folder_writes_the_class_tree_the_readme_journey_starts_from(tmp_path):
+    from featx.datasets import load_image_folder
+
+    done = subprocess.run([sys.executable, str(EXAMPLES / "make_folder.py"), str(tmp_path / "data"),
+                           "--per-class", "3", "--new", "4"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    paths, y, names = load_image_folder(tmp_path / "data")
+    assert names == ["bag", "sneaker", "t-shirt", "trouser"] and len(paths) == 12
+    assert sorted(os.listdir(tmp_path / "data_new")) == ["000.png", "001.png", "002.png",
+                                                         "003.png"]
