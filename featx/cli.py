@@ -355,6 +355,7 @@ def _cmd_baseline(args) -> int:
         # Keras' one line per epoch: the only progress a minutes-long training shows.
         result = add_finetune_rows(result, {**params, **({} if quiet else {"verbose": 2})})
     board, searched = result.board, time.perf_counter() - started
+    _say_embedded(say, board)
     # Images that could not be read are in no fold, no score, no figure: the same set
     # everywhere, listed once on the console and in the report.
     for src, why in result.skipped:
@@ -415,6 +416,7 @@ def _cmd_finetune(args) -> int:
               **({} if quiet else {"verbose": 2})}
     result = add_finetune_rows(result, params)
     board = result.board
+    _say_embedded(say, board)
     tuned = board.finetuned_[(name, "fine-tuned")]
     _, held = board.splits[0]
     held_sources = [result.sources[i] for i in held]
@@ -442,6 +444,14 @@ def _cmd_finetune(args) -> int:
         print(f"\nreport: {report}")
         print(f"model:  {model_path}   (featx predict {model_path} SRC)")
     return 0
+
+
+def _say_embedded(say, board) -> None:
+    """Per backbone, how many images were forwarded and how many came from the cache."""
+    for name, stats in board.embed_stats_.items():
+        if "forwarded" in stats:
+            say(f"{name}: {stats['forwarded']} images forwarded, {stats.get('cache_hits', 0)} "
+                f"vectors from the cache ({stats.get('total_s', 0.0):.1f} s)")
 
 
 def _command_line() -> str:
