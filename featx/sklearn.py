@@ -28,7 +28,8 @@ from .backbones import DTYPES, POOLINGS, Backbone, BackboneConfig, clear_config_
 from .backbones.registry import get_spec
 from .errors import FeatxError, ImageDecodeError, InvalidParameterError
 from ._params import Interval, Options, check_params, image_input_tags
-from .engine import DECODERS, ON_ERROR, POOLS, DecodePool, EmbedFailure, default_workers
+from .engine import (DECODERS, ON_ERROR, POOLS, RUNTIMES, DecodePool, EmbedFailure,
+                     default_workers)
 from .images import RESIZE_POLICIES, as_sources, check_decode_options
 from .store import EmbeddingStore
 
@@ -195,6 +196,9 @@ class ImageEmbedder(_ImageInputMixin, TransformerMixin, BaseEstimator):
     decoder : {"cpu", "gpu", "auto"}, default "cpu"
         ``"gpu"``: JPEGs decoded with nvJPEG on the GPU (see :class:`~featx.Embedder`);
         its vectors have their own fingerprint and are cached apart.
+    runtime : {"keras", "openvino", "auto"}, default "keras"
+        What runs the forward (see :class:`~featx.Embedder`); vectors do not
+        depend on it.
 
     Attributes
     ----------
@@ -286,11 +290,12 @@ class ImageEmbedder(_ImageInputMixin, TransformerMixin, BaseEstimator):
         "policy": [Options(RESIZE_POLICIES)],
         "pool": [Options(POOLS)],
         "decoder": [Options(DECODERS)],
+        "runtime": [Options(RUNTIMES)],
     }
 
     def __init__(self, backbone="efficientnet_lite0", weights="packaged", input_size=None,
                  pooling="avg", cache=None, batch_size=32, dtype="float32", on_error="raise",
-                 progress=False, policy="squash", pool="auto", decoder="cpu"):
+                 progress=False, policy="squash", pool="auto", decoder="cpu", runtime="keras"):
         self.backbone = backbone
         self.weights = weights
         self.input_size = input_size
@@ -303,6 +308,7 @@ class ImageEmbedder(_ImageInputMixin, TransformerMixin, BaseEstimator):
         self.policy = policy
         self.pool = pool
         self.decoder = decoder
+        self.runtime = runtime
 
     # -- the backbone, from the process cache --------------------------------
 
@@ -336,11 +342,12 @@ class ImageEmbedder(_ImageInputMixin, TransformerMixin, BaseEstimator):
 
         return Embedder(bb, store=shared_store(self.cache), batch_size=self.batch_size,
                         on_error=self.on_error, progress=self.progress, policy=self.policy,
-                        pool=self.pool, decoder=self.decoder)
+                        pool=self.pool, decoder=self.decoder, runtime=self.runtime)
 
     def __setstate__(self, state):
         state.setdefault("pool", "auto")  # models saved before these parameters existed
         state.setdefault("decoder", "cpu")
+        state.setdefault("runtime", "keras")
         super().__setstate__(state)
 
     def _embed(self, sources: list):

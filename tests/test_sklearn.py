@@ -120,7 +120,8 @@ def test_init_stores_params_only_and_get_set_params_round_trip():
     assert params == {"backbone": "mobilenet_v2", "weights": None, "input_size": SIZE,
                       "pooling": "avg", "cache": "x.h5", "batch_size": 8, "dtype": "float32",
                       "on_error": "raise", "progress": False, "policy": "squash",
-                      "pool": "auto", "decoder": "cpu"}
+                      "pool": "auto", "decoder": "cpu",
+                      "runtime": "keras"}
     assert [k for k in vars(emb) if k.endswith("_")] == []
     emb.set_params(pooling="gem", cache=None)
     assert emb.pooling == "gem" and emb.cache is None

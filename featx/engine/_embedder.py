@@ -22,6 +22,7 @@ from ..store import EmbeddingStore
 from ._decode import POOLS, DecodePool, choose_pool, default_workers
 from ._forward import PaddedForward, default_batch_size
 from ._gpu_decode import DECODERS, GPU_DECODER_ID, GpuJpegDecoder, is_jpeg, resolve_decoder
+from ._runtime import RUNTIMES, resolve_runtime
 from ._keys import KEYS, key_source, vector_fingerprint
 from ._memo import MEMO
 from ._plan import plan
@@ -150,6 +151,12 @@ class Embedder:
         CUDA); other images still decode on the CPU. Its pixels differ from
         Pillow's, so its vectors get their own fingerprint. ``"auto"`` takes the
         GPU decoder where it can run.
+    runtime : {"keras", "openvino", "auto"}, default "keras"
+        What runs the forward: Keras, or the same graph compiled by OpenVINO
+        (CPU, TensorFlow backend, ``featx[openvino]``; measured 1.3-1.8x faster
+        on CPUs, vectors equal to 1e-4 so they share the fingerprint). ``"auto"``
+        takes OpenVINO on a CPU where it is installed and falls back to Keras
+        if a model does not convert. ``stats["runtime"]`` says which ran.
 
     Attributes
     ----------
@@ -185,7 +192,7 @@ class Embedder:
                  on_error: str = "raise", progress: Optional[bool] = None,
                  policy: str = "squash", workers: Optional[int] = None,
                  exclusive_forward: bool = True, jit_compile: bool = False,
-                 pool: str = "auto", decoder: str = "cpu"):
+                 pool: str = "auto", decoder: str = "cpu", runtime: str = "keras"):
         if on_error not in ON_ERROR:
             raise InvalidParameterError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         if policy not in RESIZE_POLICIES:
@@ -194,6 +201,8 @@ class Embedder:
             raise InvalidParameterError(f"pool must be one of {POOLS}, got {pool!r}")
         if decoder not in DECODERS:
             raise InvalidParameterError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+        if runtime not in RUNTIMES:
+            raise InvalidParameterError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         if batch_size is not None and int(batch_size) < 1:
             raise InvalidParameterError(f"batch_size must be >= 1, got {batch_size!r}")
         if isinstance(backbone, str):  # after the cheap checks: building costs seconds
@@ -205,6 +214,7 @@ class Embedder:
         self.store = EmbeddingStore(store) if isinstance(store, (str, os.PathLike)) else store
         self.batch_size = int(batch_size) if batch_size is not None else default_batch_size()
         self.decoder = decoder
+        self.runtime = runtime
         self.on_error = on_error
         self.progress = progress
         self.policy = policy
@@ -253,6 +263,7 @@ class Embedder:
         finally:
             run.close()
         self.stats = run.stats
+        self.stats["runtime"] = self.runtime_
         self.stats["total_s"] = time.perf_counter() - start
         self.failures_ = sorted(run.failures, key=lambda f: f.index)
         self.mask_ = run.mask
@@ -331,11 +342,27 @@ class Embedder:
 
     def _forward_batch(self, pixels: np.ndarray) -> np.ndarray:
         if self._forward is None:
-            # uint8 in, the family's preprocessing inside the compiled function.
-            self._forward = PaddedForward(self.backbone.model, self.batch_size,
-                                          self.backbone.input_shape, self.jit_compile,
-                                          self.backbone.preprocessing)
-        return self._forward(pixels)
+            self._forward = self._make_forward(resolve_runtime(self.runtime))
+        try:
+            return self._forward(pixels)
+        except FeatxError as exc:
+            if self.runtime != "auto" or self._forward.runtime == "keras":
+                raise
+            # "auto" promised the fastest runtime that works, not OpenVINO at any price.
+            log.warning("featx: %s; running %s on Keras instead", exc, self.backbone.name)
+            self._forward = self._make_forward("keras")
+            return self._forward(pixels)
+
+    def _make_forward(self, runtime: str) -> PaddedForward:
+        # uint8 in, the family's preprocessing inside the compiled function.
+        return PaddedForward(self.backbone.model, self.batch_size, self.backbone.input_shape,
+                             self.jit_compile, self.backbone.preprocessing, runtime,
+                             self.backbone.fingerprint)
+
+    @property
+    def runtime_(self) -> Optional[str]:
+        """The runtime the forward ran on (None before the first forward)."""
+        return None if self._forward is None else self._forward.runtime
 
     def __getstate__(self):
         state = dict(self.__dict__)

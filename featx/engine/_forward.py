@@ -38,7 +38,7 @@ _FORWARD_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def compiled_forward(model, batch_shape: Tuple[int, ...], jit_compile: bool = False,
-                     preprocessing=None):
+                     preprocessing=None, runtime: str = "keras", identity: str = ""):
     """The compiled forward of ``model`` at ``batch_shape``, built once per model and shape.
 
     Many Embedders share one backbone in a grid search; compiling per Embedder
@@ -52,6 +52,10 @@ def compiled_forward(model, batch_shape: Tuple[int, ...], jit_compile: bool = Fa
     arithmetic, not the forward, were the ceiling). Without it, it takes
     float32 input already preprocessed.
 
+    ``runtime="openvino"`` (uint8 input only) runs the same graph converted by
+    OpenVINO (:func:`~featx.engine.openvino_forward`); ``identity`` (the
+    backbone's fingerprint) names its on-disk cache.
+
     Examples
     --------
     >>> import numpy as np, featx
@@ -62,9 +66,16 @@ def compiled_forward(model, batch_shape: Tuple[int, ...], jit_compile: bool = Fa
     (2, 1280)
     """
     per_model = _FORWARD_CACHE.setdefault(model, {})
-    key = (batch_shape, bool(jit_compile), preprocessing)
+    key = (batch_shape, bool(jit_compile), preprocessing, runtime)
     if key not in per_model:
-        per_model[key] = _build_forward(model, batch_shape, jit_compile, preprocessing)
+        if runtime == "openvino":
+            if preprocessing is None:
+                raise ValueError("the OpenVINO forward takes uint8 pixels: give preprocessing")
+            from ._runtime import openvino_forward
+
+            per_model[key] = openvino_forward(model, batch_shape, preprocessing, identity)
+        else:
+            per_model[key] = _build_forward(model, batch_shape, jit_compile, preprocessing)
     return per_model[key]
 
 
@@ -137,6 +148,10 @@ class PaddedForward:
         Take uint8 pixels and preprocess inside the compiled function (see
         :func:`compiled_forward`); without it, float32 input already
         preprocessed.
+    runtime : {"keras", "openvino"}, default "keras"
+        Resolved runtime (see :func:`~featx.engine.resolve_runtime`).
+    identity : str
+        The backbone's fingerprint (names the OpenVINO cache).
 
     Examples
     --------
@@ -149,8 +164,10 @@ class PaddedForward:
     """
 
     def __init__(self, model, batch_size: int, input_shape: Tuple[int, ...],
-                 jit_compile: bool = False, preprocessing=None):
+                 jit_compile: bool = False, preprocessing=None, runtime: str = "keras",
+                 identity: str = ""):
         self.model = model
+        self.runtime, self.identity = runtime, identity
         self.batch_size = int(batch_size)
         self.input_shape = tuple(int(d) for d in input_shape)
         self.jit_compile = bool(jit_compile)
@@ -164,7 +181,8 @@ class PaddedForward:
             raise ValueError(f"a batch of {n} exceeds the compiled batch size {self.batch_size}")
         if self._fn is None:
             self._fn = compiled_forward(self.model, (self.batch_size, *self.input_shape),
-                                        self.jit_compile, self.preprocessing)
+                                        self.jit_compile, self.preprocessing, self.runtime,
+                                        self.identity)
         pixels = np.asarray(pixels, dtype=self.dtype)
         if n < self.batch_size:
             pad = np.zeros((self.batch_size - n, *pixels.shape[1:]), dtype=self.dtype)

@@ -186,7 +186,8 @@ def _front(name: str, settings: dict):
         return RawPixels(size=_RAW_SIZE)
     return ImageEmbedder(backbone=name, weights=settings["weights"],
                          input_size=settings["input_size"], cache=settings["cache"],
-                         batch_size=settings["batch_size"], pool=settings["pool"])
+                         batch_size=settings["batch_size"], pool=settings["pool"],
+                         runtime=settings.get("runtime", "keras"))
 
 
 def _search_row(X, y, kind: str, splits, scoring: Scoring, settings: dict, grid=None):
@@ -259,7 +260,8 @@ def _check_names(backbones, heads) -> Tuple[List[str], List[str]]:
 def run_baseline(sources, y=None, *, backbones=("efficientnet_lite0",),
                  heads=("logreg", "svm", "xgboost"), cv=5, scoring=None, cache=None,
                  random_state=0, n_jobs=None, weights="packaged", input_size=None,
-                 batch_size=32, progress=False, test=None, pool="auto") -> BaselineResult:
+                 batch_size=32, progress=False, test=None, pool="auto",
+                 runtime="keras") -> BaselineResult:
     """Cross-validate every backbone × head on frozen vectors; return a :class:`BaselineResult`.
 
     The parameters are those of :func:`~featx.baseline` (without fine-tuning:
@@ -295,7 +297,7 @@ def run_baseline(sources, y=None, *, backbones=("efficientnet_lite0",),
     scoring = resolve_scoring(scoring, len(classes))
     settings = dict(backbones=backbone_names, weights=weights, input_size=input_size,
                     batch_size=batch_size, cache=cache, random_state=random_state,
-                    n_jobs=n_jobs, pool=pool)
+                    n_jobs=n_jobs, pool=pool, runtime=runtime)
 
     # 1. Features: each backbone once over all images (the engine dedups by content).
     embedded = _embed(items, backbone_names, settings, progress)
@@ -362,7 +364,8 @@ def run_baseline(sources, y=None, *, backbones=("efficientnet_lite0",),
 def baseline(sources, y=None, *, backbones=("efficientnet_lite0",),
              heads=("logreg", "svm", "xgboost"), cv=5, scoring=None, cache=None, random_state=0,
              n_jobs=None, weights="packaged", input_size=None, batch_size=32, progress=False,
-             test=None, finetune=False, finetune_params=None, pool="auto") -> Leaderboard:
+             test=None, finetune=False, finetune_params=None, pool="auto",
+             runtime="keras") -> Leaderboard:
     """Cross-validate every backbone × head on frozen vectors; return a :class:`Leaderboard`.
 
     Each backbone embeds all unique images once, through the engine (with
@@ -423,6 +426,9 @@ def baseline(sources, y=None, *, backbones=("efficientnet_lite0",),
         ``weights=None, unfreeze="all"``.
     pool : {"auto", "threads", "processes"}, default "auto"
         Where images are read and decoded (see :class:`~featx.Embedder`).
+    runtime : {"keras", "openvino", "auto"}, default "keras"
+        What runs the frozen forward (see :class:`~featx.Embedder`); the
+        vectors, and so the board, do not depend on it.
 
     Returns
     -------
@@ -456,7 +462,7 @@ def baseline(sources, y=None, *, backbones=("efficientnet_lite0",),
     result = run_baseline(sources, y, backbones=backbones, heads=heads, cv=cv, scoring=scoring,
                           cache=cache, random_state=random_state, n_jobs=n_jobs, weights=weights,
                           input_size=input_size, batch_size=batch_size, progress=progress,
-                          test=test, pool=pool)
+                          test=test, pool=pool, runtime=runtime)
     if finetune:
         result = add_finetune_rows(result, finetune_params)
     return result.board
