@@ -322,6 +322,7 @@ def _cmd_baseline(args) -> int:
     import time
 
     from .backbones import get_spec, resolve_weights
+    from .engine import resolve_runtime
     from .heads import resolve_kind
     from .io import save_bundle
     from .leaderboard import add_finetune_rows, run_baseline
@@ -344,7 +345,7 @@ def _cmd_baseline(args) -> int:
                        for name in args.backbone)
     say(f"featx baseline: {len(sources)} images, {len(names)} classes from {described}; "
         f"backbones {', '.join(args.backbone)} (weights: {chosen}); heads {', '.join(args.head)}; "
-        f"{args.cv}-fold CV; cache {cache}"
+        f"{args.cv}-fold CV; forward on {resolve_runtime(args.runtime)}; cache {cache}"
         + (f"; + fine-tuned and scratch {args.backbone[0]} on fold 0" if args.finetune else ""))
     result = run_baseline(sources, y, backbones=args.backbone, heads=args.head, cv=args.cv,
                           cache=cache, weights=weights,
@@ -451,8 +452,10 @@ def _say_embedded(say, board) -> None:
     """Per backbone, how many images were forwarded and how many came from the cache."""
     for name, stats in board.embed_stats_.items():
         if "forwarded" in stats:
-            say(f"{name}: {stats['forwarded']} images forwarded, {stats.get('cache_hits', 0)} "
-                f"vectors from the cache ({stats.get('total_s', 0.0):.1f} s)")
+            ran = f" on {stats['runtime']}" if stats.get("runtime") else ""
+            say(f"{name}: {stats['forwarded']} images forwarded{ran}, "
+                f"{stats.get('cache_hits', 0)} vectors from the cache "
+                f"({stats.get('total_s', 0.0):.1f} s)")
 
 
 def _command_line() -> str:
@@ -615,6 +618,73 @@ def _labelled_arguments(p, what: str) -> None:
     p.add_argument("--quiet", "-q", action="store_true")
 
 
+def _add_training_commands(sub) -> None:
+    """``baseline`` and ``finetune``: labelled images in, a report and a model out."""
+    p = sub.add_parser("baseline", help="backbones x heads under CV, with an HTML report")
+    _labelled_arguments(p, "the report, model and cache")
+    p.add_argument("--backbone", "-b", nargs="+", default=["efficientnet_lite0"])
+    p.add_argument("--head", nargs="+", default=["logreg", "svm", "xgboost"],
+                   help="logreg svm linear_svm xgboost knn random_forest")
+    p.add_argument("--jobs", "-j", type=_int_in(1, 1024, also=(-1,)), default=None,
+                   help="parallel grid-search workers (-1: one per core)")
+    p.add_argument("--finetune", action="store_true",
+                   help="also fine-tune the first backbone (top 20 layers) and train it from "
+                        "scratch, on fold 0 only (slow: trains two CNNs); adds training curves "
+                        "to the report")
+    p.add_argument("--finetune-epochs", type=_int_in(0, 10000), nargs=2, metavar=("HEAD", "TOP"),
+                   help="epochs of the two fine-tuning phases (default 50 3: the head on "
+                        "the board's vectors, early-stopped, then the top layers on images); "
+                        "scratch gets the image epochs")
+    p.set_defaults(func=_cmd_baseline)
+
+    p = sub.add_parser("finetune", help="fine-tune one backbone (and train it from scratch) "
+                                        "on the board's fold 0, with curves and a saved model")
+    _labelled_arguments(p, "the report, the fine-tuned model and the cache")
+    p.add_argument("--backbone", "-b", default="efficientnet_lite0")
+    p.add_argument("--epochs", type=_int_in(0, 10000), nargs=2, metavar=("HEAD", "TOP"),
+                   help="epochs of phase 1 (a new head on the frozen base's vectors, "
+                        "early-stopped) and phase 2 (the top layers on augmented images); "
+                        "default 50 3")
+    p.add_argument("--unfreeze", type=_unfreeze_arg, default=20,
+                   help="layers trained in phase 2, counted from the top, or 'all' (default 20)")
+    p.add_argument("--augment", nargs="*", default=["flip", "zoom", "contrast"],
+                   metavar="AUG", help="flip zoom contrast rotate translate brightness "
+                                       "(none: give the flag alone; default flip zoom contrast)")
+    p.set_defaults(func=_cmd_finetune)
+
+
+def _add_cache_commands(sub) -> None:
+    """``cache info | verify | export | drop``."""
+    cache = sub.add_parser("cache", help="inspect, verify, export or drop groups of a cache")
+    cache_sub = cache.add_subparsers(dest="cache_command", metavar="ACTION",
+                                     parser_class=_Parser)
+    cache_sub.required = True
+    p = cache_sub.add_parser("info", help="backbones, dims and row counts in a cache")
+    p.add_argument("file", metavar="F")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_cache_info)
+    p = cache_sub.add_parser("verify", help="check a cache for damage (exit 2 if damaged)")
+    p.add_argument("file", metavar="F")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_cache_verify)
+    p = cache_sub.add_parser("export", help="one backbone's vectors to .npz, .csv or .parquet")
+    p.add_argument("file", metavar="F")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--backbone", "-b", help="the group of this backbone (if it has one)")
+    which.add_argument("--fingerprint", help="the group of this fingerprint (8+ characters)")
+    p.add_argument("--out", "-o", required=True, help="vectors.npz | vectors.csv | "
+                   "vectors.parquet (needs pyarrow)")
+    p.add_argument("--src", help="image folder or listing: add the paths of each vector "
+                                 "(the cache keys by content, not by path)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_cache_export)
+    p = cache_sub.add_parser("drop", help="delete one group (see `cache info` for fingerprints)")
+    p.add_argument("file", metavar="F")
+    p.add_argument("--fingerprint", required=True, help="fingerprint or its first 8+ characters")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_cache_drop)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``featx`` command (exposed for docs and tests)."""
     parser = _Parser(prog="featx", description="Transfer learning the classical-ML way: "
@@ -666,37 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where new files are read and hashed (workers: for network filesystems)")
     p.set_defaults(func=_cmd_embed)
 
-    p = sub.add_parser("baseline", help="backbones x heads under CV, with an HTML report")
-    _labelled_arguments(p, "the report, model and cache")
-    p.add_argument("--backbone", "-b", nargs="+", default=["efficientnet_lite0"])
-    p.add_argument("--head", nargs="+", default=["logreg", "svm", "xgboost"],
-                   help="logreg svm linear_svm xgboost knn random_forest")
-    p.add_argument("--jobs", "-j", type=_int_in(1, 1024, also=(-1,)), default=None,
-                   help="parallel grid-search workers (-1: one per core)")
-    p.add_argument("--finetune", action="store_true",
-                   help="also fine-tune the first backbone (top 20 layers) and train it from "
-                        "scratch, on fold 0 only (slow: trains two CNNs); adds training curves "
-                        "to the report")
-    p.add_argument("--finetune-epochs", type=_int_in(0, 10000), nargs=2, metavar=("HEAD", "TOP"),
-                   help="epochs of the two fine-tuning phases (default 50 3: the head on "
-                        "the board's vectors, early-stopped, then the top layers on images); "
-                        "scratch gets the image epochs")
-    p.set_defaults(func=_cmd_baseline)
-
-    p = sub.add_parser("finetune", help="fine-tune one backbone (and train it from scratch) "
-                                        "on the board's fold 0, with curves and a saved model")
-    _labelled_arguments(p, "the report, the fine-tuned model and the cache")
-    p.add_argument("--backbone", "-b", default="efficientnet_lite0")
-    p.add_argument("--epochs", type=_int_in(0, 10000), nargs=2, metavar=("HEAD", "TOP"),
-                   help="epochs of phase 1 (a new head on the frozen base's vectors, "
-                        "early-stopped) and phase 2 (the top layers on augmented images); "
-                        "default 50 3")
-    p.add_argument("--unfreeze", type=_unfreeze_arg, default=20,
-                   help="layers trained in phase 2, counted from the top, or 'all' (default 20)")
-    p.add_argument("--augment", nargs="*", default=["flip", "zoom", "contrast"],
-                   metavar="AUG", help="flip zoom contrast rotate translate brightness "
-                                       "(none: give the flag alone; default flip zoom contrast)")
-    p.set_defaults(func=_cmd_finetune)
+    _add_training_commands(sub)
 
     p = sub.add_parser("predict", help="predict with a saved model (from featx baseline)")
     p.add_argument("model", metavar="MODEL", help="best_model.joblib written by featx baseline")
@@ -713,34 +753,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
     p.set_defaults(func=_cmd_predict)
 
-    cache = sub.add_parser("cache", help="inspect, verify, export or drop groups of a cache")
-    cache_sub = cache.add_subparsers(dest="cache_command", metavar="ACTION",
-                                     parser_class=_Parser)
-    cache_sub.required = True
-    p = cache_sub.add_parser("info", help="backbones, dims and row counts in a cache")
-    p.add_argument("file", metavar="F")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_cache_info)
-    p = cache_sub.add_parser("verify", help="check a cache for damage (exit 2 if damaged)")
-    p.add_argument("file", metavar="F")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_cache_verify)
-    p = cache_sub.add_parser("export", help="one backbone's vectors to .npz, .csv or .parquet")
-    p.add_argument("file", metavar="F")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--backbone", "-b", help="the group of this backbone (if it has one)")
-    which.add_argument("--fingerprint", help="the group of this fingerprint (8+ characters)")
-    p.add_argument("--out", "-o", required=True, help="vectors.npz | vectors.csv | "
-                   "vectors.parquet (needs pyarrow)")
-    p.add_argument("--src", help="image folder or listing: add the paths of each vector "
-                                 "(the cache keys by content, not by path)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_cache_export)
-    p = cache_sub.add_parser("drop", help="delete one group (see `cache info` for fingerprints)")
-    p.add_argument("file", metavar="F")
-    p.add_argument("--fingerprint", required=True, help="fingerprint or its first 8+ characters")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_cache_drop)
+    _add_cache_commands(sub)
     return parser
 
 

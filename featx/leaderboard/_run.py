@@ -348,8 +348,8 @@ def run_baseline(sources, y=None, *, backbones=("efficientnet_lite0",),
     board = Leaderboard(rows, scoring=scoring, splits=[(kept[tr], kept[te]) for tr, te in splits],
                         classes=classes, estimators=estimators, searches=searches,
                         n_samples=len(kept), dropped=dropped, embed_stats=embedded.stats,
-                        cv_description=cv_text, test_dropped=test_dropped,
-                        backbones=embedded.described)
+                        cv_description=cv_text, test_dropped=test_dropped)
+    board.backbones_ = dict(embedded.described)
     # 3. The best row's probabilities, from the same vectors: no image forwarded again.
     evaluation = _evaluation(board, features, [plain[i] for i in kept], y_kept, splits,
                              (test_features, test_kept) if test is not None else None)

@@ -238,6 +238,11 @@ class _Board:
     def to_records(self):
         return self.rows
 
+    def display_table(self):
+        row = self.rows[0]
+        return (["rank", "backbone", "head", self.primary, "best params"],
+                [["1", row["backbone"], row["head"], "0.500", str(row["best_params"])]])
+
 
 class _TagAudit(html.parser.HTMLParser):
     SAFE = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "table",
