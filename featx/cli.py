@@ -13,7 +13,7 @@ import sys
 
 # Before anything imports TensorFlow: its C++ start-up chatter is not for CLI users.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
 from . import __version__
 from .errors import FeatxError, InvalidParameterError
@@ -318,132 +318,123 @@ def _check_classes(y, names, cv: int, command: str) -> None:
 
 
 def _cmd_baseline(args) -> int:
-    import os
-    import time
-
     from .backbones import get_spec, resolve_weights
-    from .engine import resolve_runtime
     from .heads import resolve_kind
-    from .io import save_bundle
-    from .leaderboard import add_finetune_rows, run_baseline
-    from .report import write_report
 
     for name in args.backbone:
         get_spec(name)
     for kind in args.head:
         resolve_kind(kind)
+
+    def intro(weights) -> str:
+        chosen = ", ".join(f"{name} {resolve_weights(name, weights) or 'random'}"
+                           for name in args.backbone)
+        return (f"backbones {', '.join(args.backbone)} (weights: {chosen}); heads "
+                f"{', '.join(args.head)}; {args.cv}-fold CV")
+
+    finetune = None
+    if args.finetune:
+        finetune = {"epochs": tuple(args.finetune_epochs)} if args.finetune_epochs else {}
+    run = _run_labelled(args, "baseline", backbones=args.backbone, heads=args.head,
+                        jobs=args.jobs, intro=intro, finetune=finetune,
+                        then=f"; + fine-tuned and scratch {args.backbone[0]} on fold 0"
+                        if args.finetune else "")
+    board = run.result.board
+    best = f"best: {board.best_['backbone']} + {board.best_['head']}; "
+    return _write_outputs(args, run, board.best_estimator_, "best_model.joblib",
+                          title=f"featx baseline — {run.described}", timing="embed + search",
+                          best=best)
+
+
+def _cmd_finetune(args) -> int:
+    from .backbones import get_spec, resolve_weights
+
+    name = get_spec(args.backbone).name
+
+    def intro(weights) -> str:
+        return (f"{name} ({resolve_weights(name, weights) or 'random'} weights), fold 0 of "
+                f"{args.cv}: a frozen-vector logreg row for reference, then the fine-tuned "
+                "and the from-scratch CNN")
+
+    # The reference row embeds once into the cache; phase 1 of fine-tuning then trains its
+    # head on those same vectors, and all rows share the board's folds.
+    run = _run_labelled(args, "finetune", backbones=[name], heads=["logreg"], intro=intro,
+                        finetune={"unfreeze": args.unfreeze, "augment": tuple(args.augment),
+                                  **({"epochs": tuple(args.epochs)} if args.epochs else {})},
+                        evaluate_finetuned=True)
+    tuned = run.result.board.finetuned_[(name, "fine-tuned")]
+    return _write_outputs(args, run, tuned, "finetuned_model.joblib",
+                          title=f"featx finetune — {name} on {run.described}",
+                          timing="embed + train", extra={"phases": tuned.phases_})
+
+
+class _Labelled(NamedTuple):
+    result: object
+    names: list
+    described: str
+    cache: str
+    started: float
+
+
+def _run_labelled(args, command: str, *, backbones, heads, intro, jobs=None, finetune=None,
+                  then: str = "", evaluate_finetuned: bool = False) -> "_Labelled":
+    """What ``baseline`` and ``finetune`` share: load, check, say, search, fine-tune."""
+    import time
+
+    from .engine import resolve_runtime
+    from .leaderboard import add_finetune_rows, run_baseline
+
     started = time.perf_counter()
-    _check_out_folder(args.out, "baseline")
+    _check_out_folder(args.out, command)
     sources, y, names, test, described = _load_labelled(args)
-    _check_classes(y, names, args.cv, "baseline")
+    _check_classes(y, names, args.cv, command)
     os.makedirs(args.out, exist_ok=True)
     cache = args.cache or os.path.join(args.out, "embeddings.h5")
     quiet = args.quiet or args.json
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     weights = _weights_arg(args.weights)
-    chosen = ", ".join(f"{name} {resolve_weights(name, weights) or 'random'}"
-                       for name in args.backbone)
-    say(f"featx baseline: {len(sources)} images, {len(names)} classes from {described}; "
-        f"backbones {', '.join(args.backbone)} (weights: {chosen}); heads {', '.join(args.head)}; "
-        f"{args.cv}-fold CV; forward on {resolve_runtime(args.runtime)}; cache {cache}"
-        + (f"; + fine-tuned and scratch {args.backbone[0]} on fold 0" if args.finetune else ""))
-    result = run_baseline(sources, y, backbones=args.backbone, heads=args.head, cv=args.cv,
-                          cache=cache, weights=weights,
-                          input_size=args.input_size, batch_size=args.batch_size,
-                          n_jobs=args.jobs, progress=not quiet, test=test, pool=args.pool,
-                          runtime=args.runtime)
-    if args.finetune:
-        params = {"epochs": tuple(args.finetune_epochs)} if args.finetune_epochs else {}
+    say(f"featx {command}: {len(sources)} images, {len(names)} classes from {described}; "
+        f"{intro(weights)}; forward on {resolve_runtime(args.runtime)}; cache {cache}{then}")
+    result = run_baseline(sources, y, backbones=backbones, heads=heads, cv=args.cv,
+                          cache=cache, weights=weights, input_size=args.input_size,
+                          batch_size=args.batch_size, n_jobs=jobs, progress=not quiet,
+                          test=test, pool=args.pool, runtime=args.runtime)
+    if finetune is not None:
         # Keras' one line per epoch: the only progress a minutes-long training shows.
-        result = add_finetune_rows(result, {**params, **({} if quiet else {"verbose": 2})})
-    board, searched = result.board, time.perf_counter() - started
-    _say_embedded(say, board)
+        result = add_finetune_rows(result, {**finetune, **({} if quiet else {"verbose": 2})},
+                                   evaluate_finetuned=evaluate_finetuned)
+    _say_embedded(say, result.board)
     # Images that could not be read are in no fold, no score, no figure: the same set
     # everywhere, listed once on the console and in the report.
     for src, why in result.skipped:
         say(f"skipped {src}: {why}")
-    model_path = save_bundle(os.path.join(args.out, "best_model.joblib"), board.best_estimator_,
-                             names, cache)
-    report = write_report(args.out, result, class_names=names,
-                          title=f"featx baseline — {described}",
-                          timings={"total (embed + search)": searched}, command=_command_line())
-    if args.json:
-        _print_json({"rows": board.rows, "report": str(report), "model": model_path,
-                     "cache": cache, "seconds": time.perf_counter() - started,
-                     "skipped": [{"source": src, "reason": why} for src, why in result.skipped]})
-    elif not args.quiet:
-        print()
-        print(board.to_markdown())
-        print(f"\nbest: {board.best_['backbone']} + {board.best_['head']}; "
-              f"{time.perf_counter() - started:.0f}s in all")
-        print(f"report: {report}")
-        print(f"model:  {model_path}   (featx predict {model_path} SRC)")
-    return 0
+    return _Labelled(result, names, described, cache, started)
 
 
-def _cmd_finetune(args) -> int:
-    import dataclasses
-    import os
+def _write_outputs(args, run: "_Labelled", model, model_file: str, *, title: str, timing: str,
+                   best: str = "", extra: Optional[dict] = None) -> int:
+    """Save the model bundle and the report, then print the summary (or JSON)."""
     import time
 
-    import numpy as np
-
-    from .backbones import get_spec, resolve_weights
     from .io import save_bundle
-    from .leaderboard import Evaluation, add_finetune_rows, run_baseline
     from .report import write_report
 
-    name = get_spec(args.backbone).name
-    started = time.perf_counter()
-    _check_out_folder(args.out, "finetune")
-    sources, y, names, test, described = _load_labelled(args)
-    _check_classes(y, names, args.cv, "finetune")
-    os.makedirs(args.out, exist_ok=True)
-    cache = args.cache or os.path.join(args.out, "embeddings.h5")
-    quiet = args.quiet or args.json
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    weights = _weights_arg(args.weights)
-    say(f"featx finetune: {len(sources)} images, {len(names)} classes from {described}; "
-        f"{name} ({resolve_weights(name, weights) or 'random'} weights), fold 0 of {args.cv}: "
-        f"a frozen-vector logreg row for reference, then the fine-tuned and the from-scratch "
-        f"CNN; cache {cache}")
-    # The reference row embeds once into the cache; phase 1 of fine-tuning then trains its
-    # head on those same vectors, and all rows share the board's folds.
-    result = run_baseline(sources, y, backbones=[name], heads=["logreg"], cv=args.cv,
-                          cache=cache, weights=weights, input_size=args.input_size,
-                          batch_size=args.batch_size, progress=not quiet, test=test,
-                          pool=args.pool, runtime=args.runtime)
-    params = {"unfreeze": args.unfreeze, "augment": tuple(args.augment),
-              **({"epochs": tuple(args.epochs)} if args.epochs else {}),
-              **({} if quiet else {"verbose": 2})}
-    result = add_finetune_rows(result, params)
-    board = result.board
-    _say_embedded(say, board)
-    tuned = board.finetuned_[(name, "fine-tuned")]
-    _, held = board.splits[0]
-    held_sources = [result.sources[i] for i in held]
-    proba = tuned.predict_proba(_objects(held_sources))
-    order = [list(tuned.classes_).index(c) for c in board.classes_]
-    result = dataclasses.replace(result, evaluation=Evaluation(
-        held_sources, np.asarray(result.y)[held], proba[:, order],
-        f"fold 0's {len(held)} held-out images (the network never trained on them)",
-        model=f"{name} fine-tuned"))
-    for src, why in result.skipped:
-        say(f"skipped {src}: {why}")
-    model_path = save_bundle(os.path.join(args.out, "finetuned_model.joblib"), tuned, names,
-                             cache)
-    seconds = time.perf_counter() - started
-    report = write_report(args.out, result, class_names=names,
-                          title=f"featx finetune — {name} on {described}",
-                          timings={"total (embed + train)": seconds}, command=_command_line())
+    board = run.result.board
+    model_path = save_bundle(os.path.join(args.out, model_file), model, run.names, run.cache)
+    seconds = time.perf_counter() - run.started
+    report = write_report(args.out, run.result, class_names=run.names, title=title,
+                          timings={f"total ({timing})": seconds}, command=_command_line())
     if args.json:
         _print_json({"rows": board.rows, "report": str(report), "model": model_path,
-                     "cache": cache, "seconds": seconds, "phases": tuned.phases_,
-                     "skipped": [{"source": src, "reason": why} for src, why in result.skipped]})
+                     "cache": run.cache, "seconds": time.perf_counter() - run.started,
+                     **(extra or {}),
+                     "skipped": [{"source": src, "reason": why}
+                                 for src, why in run.result.skipped]})
     elif not args.quiet:
         print()
         print(board.to_markdown())
-        print(f"\nreport: {report}")
+        print(f"\n{best}{time.perf_counter() - run.started:.0f}s in all")
+        print(f"report: {report}")
         print(f"model:  {model_path}   (featx predict {model_path} SRC)")
     return 0
 

@@ -120,7 +120,7 @@ class DecodePool:
 
     Notes
     -----
-    :meth:`map_io` runs I/O-bound callables (reading, hashing) on the pool's
+    :meth:`submit_io` runs I/O-bound callables (reading, hashing) on the pool's
     threads whatever ``kind`` is: they release the GIL, and their results stay
     in this process.
 
@@ -195,10 +195,6 @@ class DecodePool:
                     raise FeatxError("the decode pool was closed while images were queued")
             except CancelledError:
                 raise FeatxError("the decode pool was closed while images were queued")
-
-    def map_io(self, fn: Callable[[Any], Any], items: Iterable) -> Iterator:
-        """``fn`` over ``items`` on the pool's threads (reads, hashes), in order."""
-        return self._threads.map(fn, items)
 
     def close(self, wait: bool = True) -> None:
         """Stop the workers. ``wait=False`` drops queued work and returns within seconds."""

@@ -69,8 +69,8 @@ class _Pending:
     Fresh arrays per batch cost a page fault per 4 KB on first touch (``np.stack``
     of 256 images took 36 ms); a ring of buffers is touched once. A buffer is
     reused only after every batch that could still be queued or forwarded from
-    it is done: at most ``_QUEUE_ITEMS`` wait in the queue, one is forwarded, one
-    is filled, and one more is kept for the forward's asynchronous dispatch.
+    it is done: at most ``_QUEUE_ITEMS`` wait in the queue, one is forwarded and
+    one is filled; the ring has one more to spare.
     """
 
     def __init__(self, size: int, image_shape: Tuple[int, int, int], emit):
@@ -305,20 +305,29 @@ class Embedder:
         has embedded before: starting reader threads, a producer and a queue for
         them cost ~8 ms + 85 µs per image. Here: a stat per file, one store read.
         """
-        keys = []
-        for item in items:
-            if item.array is not None:
-                keys.append(key_source(item)[0])
-                continue
-            key = KEYS.get(KEYS.signature(item.path))
-            if key is None:  # never read in this process: the pipeline reads it
-                return None
-            keys.append(key)
         decoder = resolve_decoder(self.decoder)
         fp, spec = self._group(decoder)
-        todo = plan(keys)
         store = self.store
-        if store is not None and not store.readonly:
+        writable = store is not None and not store.readonly
+
+        def known(key: bytes) -> bool:  # from memory only; the store read below decides
+            if not writable and MEMO.get(fp, key) is not None:
+                return True
+            return store is not None and bool(store.known(fp, [key])[0])
+
+        keys: List[Optional[bytes]] = [None] * len(items)
+        for i, item in enumerate(items):  # files first: a stat each, nothing hashed
+            if item.array is None:
+                keys[i] = KEYS.get(KEYS.signature(item.path))
+                if keys[i] is None:  # never read in this process: the pipeline reads it
+                    return None
+        for i, item in enumerate(items):  # arrays must be hashed: stop at the first miss
+            if item.array is not None:
+                keys[i] = key_source(item)[0]
+                if not known(keys[i]):
+                    return None
+        todo = plan(keys)
+        if writable:
             store.check_compatible(fp, spec, self.backbone.dim)
             vectors, found = store.get(fp, todo.keys)
             if not found.all():
@@ -711,19 +720,14 @@ class _Run:
                 self._deliver(key, vec)
             else:  # the file was replaced since the index was read: decode it here
                 missing.append(key)
-        for start in range(0, len(missing), self.e.batch_size):
-            chunk, pixels = [], []
-            part = {key: hits.items[key] for key in missing[start:start + self.e.batch_size]}
-            for key, image, error, _ in self._decode_all(part):
-                if error is not None:
-                    with self.lock:
-                        indices = self.waiting.pop(key, [])
-                    self._fail(indices, error, key=key)
-                    continue
-                chunk.append(key)
-                pixels.append(image)
-            if chunk:
-                self._forward_missing(_Batch(chunk, np.stack(pixels)))
+        if not missing:
+            return
+        # Forwarded as each batch fills, in this thread: a buffer is free again at once.
+        pending = _Pending(self.e.batch_size, (*self.size, 3),
+                           lambda keys, pixels: self._forward_missing(_Batch(keys, pixels)))
+        for key, *result in self._decode_all({key: hits.items[key] for key in missing}):
+            self._take_decoded(key, result, pending)
+        pending.flush()
 
     def _forward_missing(self, batch: _Batch) -> None:
         """Re-check the store (another process may have stored some keys since the

@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from ..errors import FeatxError, InvalidParameterError
-from ._result import BaselineResult, Scoring, resolve_scoring
+from ._result import BaselineResult, Evaluation, Scoring, resolve_scoring
 
 __all__ = ["FINETUNE_DEFAULTS", "FINETUNE_PROTOCOL", "add_finetune_rows", "finetune_configs"]
 
@@ -142,9 +142,10 @@ def _train_and_score(params: dict, train, held, scoring: Scoring, test):
     clf.fit(tr_items, tr_y)
     fit_s = time.perf_counter() - t
     t = time.perf_counter()
+    held_proba = clf.predict_proba(te_items)
     row = {"backbone": params["backbone"], "protocol": FINETUNE_PROTOCOL,
            "n_features": int(clf.backbone_info_.get("dim", 0)),
-           **_scores(clf, clf.predict_proba(te_items), te_items, te_y, scoring)}
+           **_scores(clf, held_proba, te_items, te_y, scoring)}
     row.update({f"{m}_std": float("nan") for m in scoring.scorers})  # one split: no spread
     row["predict_s"] = time.perf_counter() - t
     row.update(fit_s=fit_s, search_s=fit_s + row["predict_s"], n_candidates=1,
@@ -154,11 +155,12 @@ def _train_and_score(params: dict, train, held, scoring: Scoring, test):
     if test is not None and len(test[0]):
         row.update(_scores(clf, clf.predict_proba(test[0]), test[0], test[1], scoring,
                            prefix="test_"))
-    return clf, row
+    return clf, row, held_proba
 
 
 def add_finetune_rows(result: BaselineResult, finetune_params: Optional[dict] = None,
-                      scoring: Optional[Scoring] = None) -> BaselineResult:
+                      scoring: Optional[Scoring] = None, *,
+                      evaluate_finetuned: bool = False) -> BaselineResult:
     """Add the ``"fine-tuned"`` and ``"scratch"`` rows of the first backbone to a result.
 
     Both are trained on fold 0's training images and scored on fold 0's held-out
@@ -177,6 +179,10 @@ def add_finetune_rows(result: BaselineResult, finetune_params: Optional[dict] = 
         See :func:`finetune_configs`.
     scoring : Scoring, optional
         The run's metrics (default: rebuilt from ``result.board.scoring``).
+    evaluate_finetuned : bool, default False
+        Make ``result.evaluation`` the fine-tuned network's probabilities on
+        fold 0's held-out images (the ones its row was scored on) instead of
+        the best cross-validated row's: what ``featx finetune`` reports.
 
     Returns
     -------
@@ -197,9 +203,10 @@ def add_finetune_rows(result: BaselineResult, finetune_params: Optional[dict] = 
     def part(positions):
         return [result.sources[i] for i in positions], y[positions]
 
-    rows, fitted = [], {}
+    rows, fitted, held_proba = [], {}, {}
     for head, params in configs.items():
-        clf, row = _train_and_score(params, part(train), part(held), scoring, result.test)
+        clf, row, held_proba[head] = _train_and_score(params, part(train), part(held),
+                                                      scoring, result.test)
         rows.append({**row, "head": head})
         fitted[(params["backbone"], head)] = clf
         log.info("featx baseline: %s %s on %s: %d train / %d held-out images, %.1f s",
@@ -208,5 +215,14 @@ def add_finetune_rows(result: BaselineResult, finetune_params: Optional[dict] = 
     note = (f"; fine-tuning rows: trained on fold 0's training part, scored on its "
             f"held-out part ({len(held)} images)")
     new_board = board.with_rows(rows, fitted, note)
-    tuned = fitted[(configs["fine-tuned"]["backbone"], "fine-tuned")]
-    return dataclasses.replace(result, board=new_board, history=tuned.history_)
+    name = configs["fine-tuned"]["backbone"]
+    tuned = fitted[(name, "fine-tuned")]
+    result = dataclasses.replace(result, board=new_board, history=tuned.history_)
+    if evaluate_finetuned:
+        order = [list(tuned.classes_).index(c) for c in board.classes_]
+        held_sources, held_y = part(held)
+        result = dataclasses.replace(result, evaluation=Evaluation(
+            held_sources, held_y, held_proba["fine-tuned"][:, order],
+            f"fold 0's {len(held)} held-out images (the network never trained on them)",
+            model=f"{name} fine-tuned"))
+    return result
