@@ -250,7 +250,8 @@ def render(args, info, load_start, load_end, first, again, fresh, warm_s, n_uniq
         f"{again[-1]['store_rows']} rows for {n_unique} unique images.",
         "",
         f"Where the re-run's {fmt(a_wall)} s go: {fmt(a_emb)} s in {again[0]['calls']} "
-        "embedding calls (each reads and hashes its images, and looks their keys up in the "
+        "embedding calls (each stats its files — keys of files this process has read are "
+        "remembered by path, size, mtime and inode — and reads their vectors from the "
         f"store) and {fmt(heads_s)} s fitting and scoring the heads on the cached vectors — "
         "work a re-run must still do. The ratio therefore depends on the heads: "
         "cheap heads make it large; a grid of XGBoost or many forests would be dominated by "

@@ -196,7 +196,7 @@ class ImageEmbedder(_ImageInputMixin, TransformerMixin, BaseEstimator):
     decoder : {"cpu", "gpu", "auto"}, default "cpu"
         ``"gpu"``: JPEGs decoded with nvJPEG on the GPU (see :class:`~featx.Embedder`);
         its vectors have their own fingerprint and are cached apart.
-    runtime : {"keras", "openvino", "auto"}, default "keras"
+    runtime : {"keras", "openvino", "openvino-bf16", "auto"}, default "keras"
         What runs the forward (see :class:`~featx.Embedder`); vectors do not
         depend on it.
 

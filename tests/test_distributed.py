@@ -79,6 +79,8 @@ def test_vectors_equal_single_process_in_input_order(client, images, reference, 
     assert main.count(fp) == 60
     main.verify()
     assert not os.path.exists(fxd.shard_dir(store))  # merged shards are removed
+    # Where each image was read travels with the shards (featx similar answers with it).
+    assert set(main.paths_of_all().values()) == {os.path.abspath(p) for p in images}
     # The backbone was built once per worker process (by the plugin), never per task.
     builds = client.run(fxd._build_count, fxd.backbone_spec(SPEC["name"], **{
         k: v for k, v in SPEC.items() if k != "name"})[0])

@@ -68,12 +68,13 @@ def compiled_forward(model, batch_shape: Tuple[int, ...], jit_compile: bool = Fa
     per_model = _FORWARD_CACHE.setdefault(model, {})
     key = (batch_shape, bool(jit_compile), preprocessing, runtime)
     if key not in per_model:
-        if runtime == "openvino":
+        if runtime.startswith("openvino"):
             if preprocessing is None:
                 raise ValueError("the OpenVINO forward takes uint8 pixels: give preprocessing")
             from ._runtime import openvino_forward
 
-            per_model[key] = openvino_forward(model, batch_shape, preprocessing, identity)
+            per_model[key] = openvino_forward(model, batch_shape, preprocessing, identity,
+                                              "bf16" if runtime == "openvino-bf16" else "f32")
         else:
             per_model[key] = _build_forward(model, batch_shape, jit_compile, preprocessing)
     return per_model[key]
@@ -148,7 +149,7 @@ class PaddedForward:
         Take uint8 pixels and preprocess inside the compiled function (see
         :func:`compiled_forward`); without it, float32 input already
         preprocessed.
-    runtime : {"keras", "openvino"}, default "keras"
+    runtime : {"keras", "openvino", "openvino-bf16"}, default "keras"
         Resolved runtime (see :func:`~featx.engine.resolve_runtime`).
     identity : str
         The backbone's fingerprint (names the OpenVINO cache).

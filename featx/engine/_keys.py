@@ -76,9 +76,10 @@ def key_source(item: Source) -> Tuple[bytes, Optional[bytes]]:
 
 
 def vector_fingerprint(backbone_fingerprint: str, policy: str = "squash",
-                       decoder: str = "cpu") -> str:
+                       decoder: str = "cpu", precision: str = "f32") -> str:
     """The identity vectors are stored and memoised under: the backbone's, plus the
-    resize policy that fitted the pixels to it and the decoder that made them.
+    resize policy that fitted the pixels to it, the decoder that made them and the
+    precision of an inexact forward.
 
     Two policies, or Pillow against the GPU decoder, give different vectors from
     the same image and backbone, so they must never share a store group. The
@@ -94,14 +95,18 @@ def vector_fingerprint(backbone_fingerprint: str, policy: str = "squash",
     False
     >>> vector_fingerprint("ab12", "squash", "gpu") == vector_fingerprint("ab12")
     False
+    >>> vector_fingerprint("ab12", precision="bf16") == vector_fingerprint("ab12")
+    False
     """
     if decoder not in ("cpu", "gpu"):
         raise ValueError(f"decoder must be 'cpu' or 'gpu' (resolved), got {decoder!r}")
-    if policy == "squash" and decoder == "cpu":
+    if policy == "squash" and decoder == "cpu" and precision == "f32":
         return backbone_fingerprint
     identity = f"{backbone_fingerprint}|resize={policy}"
     if decoder == "gpu":
         from ._gpu_decode import GPU_DECODER_ID
 
         identity += f"|decoder={GPU_DECODER_ID}"
+    if precision != "f32":  # a forward that is not exact (OpenVINO bf16)
+        identity += f"|inference={precision}"
     return hashlib.sha256(identity.encode()).hexdigest()

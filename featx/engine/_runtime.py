@@ -34,8 +34,12 @@ __all__ = ["RUNTIMES", "openvino_forward", "resolve_runtime", "runtime_unavailab
 
 log = logging.getLogger("featx")
 
-#: What ``runtime=`` accepts.
-RUNTIMES = ("keras", "openvino", "auto")
+#: What ``runtime=`` accepts. ``"openvino-bf16"`` runs OpenVINO in bfloat16 where the CPU
+#: has it: not exact, so its vectors are stored under their own fingerprint
+#: (:func:`~featx.engine.vector_fingerprint`).
+RUNTIMES = ("keras", "openvino", "openvino-bf16", "auto")
+#: OpenVINO's inference precision per runtime.
+_PRECISION = {"openvino": "f32", "openvino-bf16": "bf16"}
 
 
 def runtime_unavailable(runtime: str) -> Optional[str]:
@@ -49,7 +53,7 @@ def runtime_unavailable(runtime: str) -> Optional[str]:
     """
     if runtime == "keras":
         return None
-    if runtime != "openvino":
+    if runtime not in _PRECISION:
         raise InvalidParameterError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     try:
         import openvino  # noqa: F401
@@ -83,14 +87,15 @@ def resolve_runtime(runtime: str) -> str:
         if accelerator() is not None or runtime_unavailable("openvino") is not None:
             return "keras"
         return "openvino"
-    reason = runtime_unavailable("openvino")
+    reason = runtime_unavailable(runtime)
     if reason is not None:
-        raise MissingDependencyError(f"runtime='openvino' cannot run here: {reason}. Use "
+        raise MissingDependencyError(f"runtime={runtime!r} cannot run here: {reason}. Use "
                                      "runtime='keras', or 'auto' to take it where it can run.")
-    return "openvino"
+    return runtime
 
 
-def openvino_forward(model, batch_shape: Tuple[int, ...], preprocessing, identity: str):
+def openvino_forward(model, batch_shape: Tuple[int, ...], preprocessing, identity: str,
+                     precision: str = "f32"):
     """``uint8 pixels -> float32 outputs`` through OpenVINO, converted once and cached on disk.
 
     Parameters
@@ -103,6 +108,9 @@ def openvino_forward(model, batch_shape: Tuple[int, ...], preprocessing, identit
     identity : str
         What decides the model's outputs (the backbone's fingerprint): part of
         the cache file name, so a changed model is converted again.
+    precision : {"f32", "bf16"}, default "f32"
+        OpenVINO's inference precision. The converted model is the same; bf16 is
+        chosen when it is compiled (CPUs without bf16 run f32).
 
     Examples
     --------
@@ -118,6 +126,10 @@ def openvino_forward(model, batch_shape: Tuple[int, ...], preprocessing, identit
     """
     import openvino as ov
 
+    if precision == "bf16" and "BF16" not in ov.Core().get_property(
+            "CPU", "OPTIMIZATION_CAPABILITIES"):
+        log.warning("featx: this CPU has no bfloat16 support, so runtime='openvino-bf16' runs "
+                    "in float32 here; its vectors stay stored apart from the exact runtimes'")
     key = hashlib.sha256("|".join([identity, "x".join(map(str, batch_shape)),
                                    preprocessing.mode, ov.__version__]).encode()
                          ).hexdigest()[:32]
@@ -138,9 +150,9 @@ def openvino_forward(model, batch_shape: Tuple[int, ...], preprocessing, identit
                 for name in os.listdir(tmp):
                     os.unlink(os.path.join(tmp, name))
                 os.rmdir(tmp)
-        # f32 inference: OpenVINO would run bf16 on CPUs that have it, which is not exact.
+        # f32 unless asked: OpenVINO would run bf16 on CPUs that have it, which is not exact.
         compiled = core.compile_model(core.read_model(path), "CPU",
-                                      {"INFERENCE_PRECISION_HINT": "f32"})
+                                      {"INFERENCE_PRECISION_HINT": precision})
     request = compiled.create_infer_request()
 
     def run(x: np.ndarray) -> np.ndarray:

@@ -2,13 +2,19 @@
 
 Layout of a store file (format version :data:`STORE_VERSION`)::
 
-    /                              attrs: featx_store_version=1, featx_version
+    /                              attrs: featx_store_version=2, featx_version
     /backbones/<fingerprint>/      one group per backbone fingerprint (64 lowercase hex chars)
         keys     (A, 32) uint8     sha256 digests of image content, one row per vector
         vectors  (A, dim) f4 | f2  the embeddings, in the storage dtype of the group
         crc      (A,) uint32       CRC-32 of each row's key bytes, then its stored vector bytes
         attrs: spec (JSON of the backbone spec), dim, dtype ("float32" | "float16"),
                committed (rows a reader may trust), created (ISO-8601 UTC), uid (random hex)
+    /sources/                      where the engine read each key (format 2): the last row
+        keys     (A, 32) uint8     of a key wins; attrs: committed
+        paths    (A,) str          absolute paths, UTF-8
+
+Format 1 (no ``/sources``) is read as a store without paths; its first write adds the
+table and sets format 2.
 
 ``A`` is the *allocated* length. The three datasets are chunked, resizable and created
 with HDF5's ``H5D_ALLOC_TIME_EARLY`` (and ``H5D_FILL_TIME_NEVER``), and they grow

@@ -16,7 +16,8 @@ import numpy as np
 from featx.errors import StoreError
 
 #: Store format written by this featx; files with a larger ``featx_store_version`` are refused.
-STORE_VERSION = 1
+#: 2 added the ``/sources`` path table; a format-1 file is migrated by its first write.
+STORE_VERSION = 2
 #: Length of a key: a sha256 digest.
 KEY_BYTES = 32
 #: Storage dtypes a group may have.

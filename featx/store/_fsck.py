@@ -12,6 +12,7 @@ import numpy as np
 from featx.errors import StoreError
 
 from . import _layout
+from ._sources import SOURCES, verify_sources
 from ._format import _FP_RE, _READ_BLOCK_BYTES, _ROOT, _VOID, SUPPORTED_DTYPES, _row_crcs, _void
 
 
@@ -142,6 +143,8 @@ def store_info(store) -> dict:
         out["store_version"] = int(np.asarray(f.attrs["featx_store_version"]).item())
         fv = f.attrs.get("featx_version")
         out["featx_version"] = None if fv is None else str(fv)
+        table = f.get(SOURCES)
+        out["paths"] = int(table.attrs.get("committed", 0)) if table is not None else 0
         root = f.get(_ROOT)
         for fp in sorted(root.keys()) if root is not None else []:
             g = _layout.group(f, fp)
@@ -205,6 +208,7 @@ def verify_store(store) -> dict:
                         continue
                     if entry is not None:
                         report["backbones"].append(entry)
+                report["paths"] = verify_sources(f, problems)
             except StoreError:
                 raise
             except Exception as exc:

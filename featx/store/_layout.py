@@ -17,6 +17,7 @@ import numpy as np
 
 from featx.errors import StoreError
 
+from ._sources import create_sources
 from ._format import (_GAP_BYTES, _METADATA_SLACK, _RDCC_BYTES, _READ_BLOCK_BYTES, _ROOT,
                       KEY_BYTES, STORE_VERSION, _chunk_rows, _featx_version, _grown_capacity,
                       _now_iso, _round_up, _row_crcs, _runs)
@@ -70,6 +71,19 @@ def check_version(f: h5py.File, path: str) -> int:
     return v
 
 
+def migrate(f: h5py.File) -> None:
+    """Bring a file open for writing to the current format (a no-op when it is).
+
+    Format 1 -> 2 adds the empty ``/sources`` path table; nothing else changed, so
+    the file stays readable by this featx throughout and the upgrade is one flush.
+    """
+    if int(np.asarray(f.attrs["featx_store_version"]).item()) >= STORE_VERSION:
+        return
+    create_sources(f)
+    f.attrs.modify("featx_store_version", np.int64(STORE_VERSION))
+    f.flush()
+
+
 def create_file(path: str) -> None:
     """An empty store file, created atomically (readers see no file or a complete one)."""
     real = os.path.realpath(path)  # through a link: create the target, keep the link
@@ -79,6 +93,7 @@ def create_file(path: str) -> None:
             f.attrs["featx_store_version"] = np.int64(STORE_VERSION)
             f.attrs["featx_version"] = _featx_version()
             f.create_group(_ROOT)
+            create_sources(f)
         os.replace(tmp, real)
     except OSError as exc:
         raise StoreError(f"cannot create the store file {path!r}: {exc}") from exc

@@ -49,4 +49,8 @@ def merge_into(store, other, batch: int = 8192) -> dict:
             # Carry the shard's forward audit over (once: a re-merge appends nothing), so
             # forwarded() == count() still proves "each image forwarded once" after a merge.
             store._add_forwarded(fp, src.forwarded(fp))
+    # Where the shard's images were read (format 2): similar() and the audit answer with it.
+    known = src.paths_of_all()
+    if known:
+        store.remember_paths(list(known), list(known.values()))
     return counts

@@ -25,6 +25,7 @@ from ._fsck import store_info, verify_store
 from ._index import _KeyIndex
 from ._lock import _FileLock
 from ._read import StoreReads
+from ._sources import StoreSources
 from ._write import StoreWrites
 
 
@@ -33,7 +34,7 @@ from ._write import StoreWrites
 # --------------------------------------------------------------------------------------
 
 
-class EmbeddingStore(StoreReads, StoreWrites):
+class EmbeddingStore(StoreReads, StoreWrites, StoreSources):
     """An HDF5 file of embedding vectors for one or more backbones, safe to share between processes.
 
     Vectors are stored per backbone *fingerprint* (a sha256 hex string that identifies the
@@ -75,7 +76,8 @@ class EmbeddingStore(StoreReads, StoreWrites):
     Notes
     -----
     File layout: ``/backbones/<fingerprint>/{keys (A,32) uint8, vectors (A,dim) f4|f2,
-    crc (A,) uint32}``; group attrs ``spec`` (JSON), ``dim``, ``dtype``, ``committed``,
+    crc (A,) uint32}`` and ``/sources/{keys (A,32) uint8, paths (A,) str}`` (the last
+    path each key was read from: :meth:`remember_paths`, :meth:`paths_of`); group attrs ``spec`` (JSON), ``dim``, ``dtype``, ``committed``,
     ``created``, ``uid``; file attrs ``featx_store_version`` and ``featx_version``. The
     allocated length ``A`` grows ahead of ``committed`` and is never shrunk; HDF5 does not
     return freed space, use ``h5repack`` to compact a file.
@@ -255,6 +257,7 @@ class EmbeddingStore(StoreReads, StoreWrites):
             f = self._open("r+")
             no_space = False
             try:
+                _layout.migrate(f)
                 yield f
             except (OSError, RuntimeError) as exc:
                 no_space = "No space left" in str(exc) or getattr(exc, "errno", 0) == errno.ENOSPC

@@ -239,7 +239,8 @@ class StoreWrites:
     def merge_from(
         self, other: "str | os.PathLike | StoreWrites", batch: int = 8192
     ) -> dict[str, int]:
-        """Copy every backbone's rows that this store lacks from another store file.
+        """Copy every backbone's rows that this store lacks from another store file,
+        and the paths it recorded (the other file's win: it was written later).
 
         All of the other file's groups are checked first (same spec, dim and storage dtype
         as groups already here); nothing is copied if one is incompatible. Rows are copied
