@@ -32,9 +32,12 @@ _LAZY = {
     "Leaderboard": ("featx.leaderboard", "Leaderboard"),
     "RAW_PIXELS": ("featx.leaderboard", "RAW_PIXELS"),
     "FineTuneClassifier": ("featx.finetune", "FineTuneClassifier"),
+    "audit": ("featx.quality", "audit"),
+    "AuditResult": ("featx.quality", "AuditResult"),
+    "similar": ("featx.quality", "similar"),
 }
 _SUBMODULES = {"datasets", "images", "store", "engine", "sklearn", "heads", "leaderboard",
-               "finetune", "io", "report", "distributed", "errors", "backbones"}
+               "finetune", "io", "report", "distributed", "errors", "backbones", "quality"}
 
 __all__ = ["Backbone", "FeatxError", "decode_predictions", "get_backbone", "list_backbones",
            "__version__", *_LAZY]

@@ -199,7 +199,7 @@ def _cmd_cache_info(args) -> int:
         _print_json(info)
         return 0
     print(f"{info['path']}: {info['size_bytes'] / 2**20:.1f} MiB, store format "
-          f"{info['store_version']}")
+          f"{info['store_version']}, {info.get('paths', 0)} image paths recorded")
     rows = [{"backbone": b.get("name") or "?", "fingerprint": b["fingerprint"][:16],
              "weights": b.get("weights") or "?", "input": b.get("input_size") or "?",
              "pooling": b.get("pooling") or "?", "resize": b.get("resize_policy") or "?",
@@ -341,9 +341,28 @@ def _cmd_baseline(args) -> int:
                         if args.finetune else "")
     board = run.result.board
     best = f"best: {board.best_['backbone']} + {board.best_['head']}; "
+    checks = _data_checks(run, quiet=args.quiet or args.json)
     return _write_outputs(args, run, board.best_estimator_, "best_model.joblib",
                           title=f"featx baseline — {run.described}", timing="embed + search",
-                          best=best)
+                          best=best, checks=checks)
+
+
+def _data_checks(run: "_Labelled", quiet: bool):
+    """Duplicates, leakage and label issues of a baseline run, or None without the extra."""
+    from .errors import MissingDependencyError
+    from .quality import audit_baseline
+
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    try:
+        checks = audit_baseline(run.result, class_names=run.names)
+    except MissingDependencyError as exc:
+        say(f"data checks skipped: {exc}")
+        return None
+    s = checks.summary()
+    say(f"data checks: {s['exact_pairs']} exact and {s['near_pairs']} near-duplicate pairs "
+        f"({s['leaking_pairs']} leak across folds or into the test split), "
+        f"{s['label_issues']} label-issue candidates")
+    return checks
 
 
 def _cmd_finetune(args) -> int:
@@ -412,7 +431,7 @@ def _run_labelled(args, command: str, *, backbones, heads, intro, jobs=None, fin
 
 
 def _write_outputs(args, run: "_Labelled", model, model_file: str, *, title: str, timing: str,
-                   best: str = "", extra: Optional[dict] = None) -> int:
+                   best: str = "", extra: Optional[dict] = None, checks=None) -> int:
     """Save the model bundle and the report, then print the summary (or JSON)."""
     import time
 
@@ -423,7 +442,10 @@ def _write_outputs(args, run: "_Labelled", model, model_file: str, *, title: str
     model_path = save_bundle(os.path.join(args.out, model_file), model, run.names, run.cache)
     seconds = time.perf_counter() - run.started
     report = write_report(args.out, run.result, class_names=run.names, title=title,
-                          timings={f"total ({timing})": seconds}, command=_command_line())
+                          timings={f"total ({timing})": seconds}, command=_command_line(),
+                          checks=checks)
+    if checks is not None:
+        extra = {**(extra or {}), "data_checks": checks.summary()}
     if args.json:
         _print_json({"rows": board.rows, "report": str(report), "model": model_path,
                      "cache": run.cache, "seconds": time.perf_counter() - run.started,
@@ -436,6 +458,103 @@ def _write_outputs(args, run: "_Labelled", model, model_file: str, *, title: str
         print(f"\n{best}{time.perf_counter() - run.started:.0f}s in all")
         print(f"report: {report}")
         print(f"model:  {model_path}   (featx predict {model_path} SRC)")
+    return 0
+
+
+def _cmd_audit(args) -> int:
+    import time
+
+    import numpy as np
+
+    from .backbones import get_spec
+    from .engine import resolve_runtime
+    from .quality import audit
+    from .report import write_audit_report
+
+    started = time.perf_counter()
+    name = get_spec(args.backbone).name
+    _check_out_folder(args.out, "audit")
+    sources, y, names, test, described = _load_for_audit(args)
+    os.makedirs(args.out, exist_ok=True)
+    cache = args.cache or os.path.join(args.out, "embeddings.h5")
+    quiet = args.quiet or args.json
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    named = None if y is None else np.asarray(names, dtype=object)[y]
+    if test is not None:
+        test = (test[0], np.asarray(names, dtype=object)[test[1]])
+    say(f"featx audit: {len(sources) + (len(test[0]) if test else 0)} images "
+        f"{'' if y is None else f'in {len(names)} classes '}from {described}; {name}, forward "
+        f"on {resolve_runtime(args.runtime)}; checks {', '.join(args.checks)}; cache {cache}")
+    result = audit(sources, named, test=test, backbone=name, cache=cache, cv=args.cv,
+                   weights=_weights_arg(args.weights), input_size=args.input_size,
+                   batch_size=args.batch_size, pool=args.pool, runtime=args.runtime,
+                   threshold=args.threshold, checks=tuple(args.checks),
+                   map_points=args.map_points, progress=not quiet)
+    report = write_audit_report(args.out, result, title=f"featx audit — {described}",
+                                command=_command_line())
+    findings = result.to_json()
+    with open(os.path.join(args.out, "audit.json"), "w", encoding="utf-8") as f:
+        json.dump(findings, f, indent=2, default=_jsonable)
+    result.duplicates.to_csv(os.path.join(args.out, "duplicates.csv"), index=False)
+    result.label_issues.to_csv(os.path.join(args.out, "label_issues.csv"), index=False)
+    if args.json:
+        _print_json({**findings, "report": str(report)})
+        return 0
+    stats, summary = result.stats, result.summary()
+    say(f"{name}: {stats['forwarded']} images forwarded, {stats['cache_hits']} vectors from "
+        f"the cache, {stats['calibration_forwarded']} calibration copies forwarded")
+    for src, why in result.skipped:
+        say(f"skipped {src}: {why}")
+    if not args.quiet:
+        threshold = ("" if result.calibration is None
+                     else f" (cosine >= {result.calibration.threshold:.4f})")
+        print(f"\nexact duplicate pairs: {summary['exact_pairs']}; near-duplicate pairs"
+              f"{threshold}: {summary['near_pairs']}; leaking (train/test or across folds): "
+              f"{summary['leaking_pairs']}; label-issue candidates: {summary['label_issues']}")
+        for _, pair in result.duplicates.head(5).iterrows():
+            print(f"  {pair['relation']:<13} {pair['kind']:<5} {pair['similarity']:.3f}  "
+                  f"{pair['source_a']}  {pair['source_b']}")
+        if len(result.budget):
+            curve = ", ".join(f"{100 * r.fraction:.0f}% {r.balanced_accuracy:.3f}"
+                              for r in result.budget.itertuples())
+            print(f"label budget (balanced accuracy): {curve}")
+        print(f"\n{time.perf_counter() - started:.0f}s in all")
+        print(f"report: {report}")
+    return 0
+
+
+def _load_for_audit(args):
+    """Labelled data as for baseline; a folder without class folders is audited unlabelled."""
+    from .datasets import find_splits
+
+    if args.src and os.path.isdir(args.src) and not find_splits(args.src):
+        has_classes = any(entry.is_dir() and not entry.name.startswith(".")
+                          for entry in os.scandir(args.src))
+        if not has_classes:
+            return _image_sources(args.src, "audit"), None, [], None, str(args.src)
+    sources, y, names, test, described = _load_labelled(args)
+    return sources, y, names, test, described
+
+
+def _cmd_similar(args) -> int:
+    from .backbones import get_spec
+    from .quality import similar
+
+    _require_file(args.cache, "similar")
+    if not os.path.exists(args.query):
+        raise _UsageError(f"featx similar: {args.query}: no such file")
+    matches = similar(args.query, args.cache, backbone=get_spec(args.backbone).name, k=args.k,
+                      weights=_weights_arg(args.weights), input_size=args.input_size,
+                      runtime=args.runtime)
+    rows = [{"rank": i + 1, "similarity": round(m.similarity, 4), "path": m.path}
+            for i, m in enumerate(matches)]
+    if args.json:
+        _print_json({"query": args.query, "cache": args.cache, "matches": rows})
+    elif rows:
+        _print_table(rows, ["rank", "similarity", "path"])
+    else:
+        print(f"no image of {args.cache} has a recorded path (stores written before featx "
+              "recorded paths: embed the folder again, nothing is forwarded)")
     return 0
 
 
@@ -573,10 +692,12 @@ def _require_file(path: str, command: str) -> None:
 
 
 def _runtime_argument(p) -> None:
-    p.add_argument("--runtime", choices=["keras", "openvino", "auto"], default="auto",
+    p.add_argument("--runtime", choices=["keras", "openvino", "openvino-bf16", "auto"],
+                   default="auto",
                    help="what runs the frozen forward: Keras, or OpenVINO (CPU, exact to "
                         "1e-4, faster; featx[openvino]); auto: OpenVINO on a CPU where it "
-                        "is installed (default: %(default)s)")
+                        "is installed; openvino-bf16: bfloat16, faster again but not exact, "
+                        "its vectors stored apart (default: %(default)s)")
 
 
 def _unfreeze_arg(text: str):
@@ -642,6 +763,35 @@ def _add_training_commands(sub) -> None:
                    metavar="AUG", help="flip zoom contrast rotate translate brightness "
                                        "(none: give the flag alone; default flip zoom contrast)")
     p.set_defaults(func=_cmd_finetune)
+
+
+def _add_quality_commands(sub) -> None:
+    """``featx audit`` and ``featx similar``: questions answered from the cached vectors."""
+    from .quality import CHECKS
+
+    p = sub.add_parser("audit", help="duplicates, leakage, label issues, a map and a "
+                       "label-budget curve, with an HTML report")
+    _labelled_arguments(p, "the report (audit.html), audit.json and the CSV findings")
+    p.add_argument("--backbone", "-b", default="efficientnet_lite0")
+    p.add_argument("--checks", nargs="+", choices=CHECKS, default=list(CHECKS))
+    p.add_argument("--threshold", type=float, default=None,
+                   help="cosine similarity of near duplicates (default: calibrated on "
+                        "generated copies of the dataset's own images)")
+    p.add_argument("--map-points", type=_int_in(10, 100000), default=2000,
+                   help="most images on the map (default 2000)")
+    p.set_defaults(func=_cmd_audit)
+
+    p = sub.add_parser("similar", help="the cached images most similar to a query image")
+    p.add_argument("query", metavar="QUERY_IMG")
+    p.add_argument("--cache", "-c", required=True, help="HDF5 store the collection was "
+                   "embedded into (featx embed / baseline / audit)")
+    p.add_argument("--backbone", "-b", default="efficientnet_lite0")
+    p.add_argument("--k", type=_int_in(1, 10000), default=10)
+    p.add_argument("--weights", default="auto")
+    p.add_argument("--input-size", type=_int_in(MIN_INPUT_SIZE, MAX_INPUT_SIZE), default=None)
+    _runtime_argument(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_similar)
 
 
 def _add_cache_commands(sub) -> None:
@@ -728,6 +878,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_embed)
 
     _add_training_commands(sub)
+    _add_quality_commands(sub)
 
     p = sub.add_parser("predict", help="predict with a saved model (from featx baseline)")
     p.add_argument("model", metavar="MODEL", help="best_model.joblib written by featx baseline")

@@ -165,3 +165,41 @@ def test_report_of_path_sources_reads_their_headers_and_names_the_files(tmp_path
     page = write_report(tmp_path / "out", result, class_names=["a", "b"]).read_text("utf-8")
     assert "from 18 file headers" in page and "min 24×20" in page
     assert "unreadable" not in page
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+def test_audit_report_fits_1400_px_with_long_paths_and_a_hoverable_map(tmp_path):
+    """The audit page: thumbnails of pairs and label candidates, tables of long
+    paths, the map as PNG and as SVG whose dots carry their file as a tooltip."""
+    from PIL import Image
+
+    pytest.importorskip("pandas")
+    from featx.report import write_audit_report
+
+    rng = np.random.RandomState(3)
+    deep = tmp_path / ("a_folder_with_a_rather_long_name_" * 3) / "images"
+    paths, y = [], []
+    for i in range(30):
+        cls = "dark" if i < 15 else "light"
+        img = rng.randint(0, 110, (32, 32, 3)).astype(np.uint8) + (0 if cls == "dark" else 130)
+        path = deep / cls / f"an_image_file_with_a_long_descriptive_name_{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(path)
+        paths.append(str(path))
+        y.append(cls)
+    Image.open(paths[0]).save(deep / "light" / "copy_of_the_first_dark_image.png")
+    paths.append(str(deep / "light" / "copy_of_the_first_dark_image.png"))
+    y.append("light")  # an exact copy with the other label: a pair and a label candidate
+    result = featx.audit(paths, np.array(y), backbone="mobilenet_v2", weights=None,
+                         input_size=32, cv=3, calibration_pairs=10, map_points=40)
+    path = write_audit_report(tmp_path / "out", result, command="featx audit data --out out")
+    seen = open_in_chromium(path)
+    assert seen["viewport"] == WIDTH
+    assert seen["overflow"] <= 0 and seen["wide"] == [], seen["wide"]
+    assert seen["broken"] == 0 and seen["images"] >= 3  # pairs, map, budget (+ issues)
+    assert seen["errors"] == [] and seen["alerts"] == []
+    page = path.read_text()
+    assert page.count("<circle") == len(result.map) and "copy_of_the_first_dark_image" in page
+    assert "featx audit data --out out" in page
+    for python_repr in ("{'", "array(", "nan"):
+        assert python_repr not in seen["text"], python_repr

@@ -26,6 +26,9 @@ Examples
 from ._finetune import FINETUNE_DEFAULTS, FINETUNE_PROTOCOL, add_finetune_rows, finetune_configs
 from ._result import BaselineResult, Evaluation, Leaderboard, Scoring, resolve_scoring
 from ._run import RAW_PIXELS, baseline, run_baseline
+# Steps of a run that the data checks (featx.quality) repeat on the same terms.
+from ._run import (cv_splits, image_front, out_of_fold, plain_sources,  # noqa: F401
+                   sources_and_labels)
 
 __all__ = ["baseline", "run_baseline", "add_finetune_rows", "finetune_configs", "BaselineResult",
            "Evaluation", "Leaderboard", "Scoring", "resolve_scoring", "RAW_PIXELS",

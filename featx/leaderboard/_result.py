@@ -357,6 +357,9 @@ class Evaluation:
     model : str, optional
         Which model made ``proba`` when it is not the board's best row (e.g. a
         fine-tuned network), in words.
+    indices : numpy.ndarray, optional
+        Positions of the evaluated images in ``BaselineResult.sources`` (out-of-fold
+        evaluations; None for a test split).
 
     Examples
     --------
@@ -372,6 +375,7 @@ class Evaluation:
     proba: np.ndarray
     described: str
     model: Optional[str] = None
+    indices: Optional[np.ndarray] = None
 
 
 @dataclass

@@ -46,7 +46,7 @@ FLOOR_GRID = {"clf__C": [0.01]}
 # ----------------------------------------------------------------- helpers
 
 
-def _sources_and_labels(sources, y):
+def sources_and_labels(sources, y):
     """Validated sources and a label array; ``y=None`` reads labels from a class-folder tree."""
     if y is None:
         if not isinstance(sources, (str, os.PathLike)) or not os.path.isdir(sources):
@@ -75,13 +75,13 @@ def _n_jobs(n_jobs) -> Tuple[Optional[int], int]:
     return n_jobs, max(1, cores // max(1, outer))
 
 
-def _splits(cv, y: np.ndarray, random_state) -> Tuple[list, str]:
+def cv_splits(cv, y: np.ndarray, random_state) -> Tuple[list, str]:
     if isinstance(cv, int):
         counts = {c: int((y == c).sum()) for c in np.unique(y)}
-        small = {c: n for c, n in counts.items() if n < cv}
+        small = ", ".join(f"{c} ({n})" for c, n in counts.items() if n < cv)
         if small:
             raise InvalidDataError(f"cv={cv} stratified folds need at least {cv} images per class; "
-                                   f"too few for {small}. Lower cv or add images")
+                                   f"too few in: {small}. Lower cv or add images")
         splitter = StratifiedKFold(cv, shuffle=True, random_state=random_state)
         text = f"{cv}-fold stratified CV (same folds for every row)"
     else:
@@ -143,7 +143,7 @@ def _embed(items, backbone_names, settings: dict, progress) -> _Embedded:
     """Every backbone once over ``items`` (failures skipped and recorded), then raw pixels."""
     done = _Embedded()
     for name in backbone_names:
-        front = _front(name, settings).set_params(on_error="skip", progress=progress)
+        front = image_front(name, settings).set_params(on_error="skip", progress=progress)
         done.add(name, front, front.transform(items))
         stats = done.stats[name] = front.stats_
         done.described[name] = front.load_backbone().describe()  # the process cache: no build
@@ -151,7 +151,7 @@ def _embed(items, backbone_names, settings: dict, progress) -> _Embedded:
                  name, len(items), stats.get("forwarded", 0), stats.get("cache_hits", 0),
                  stats.get("total_s", float("nan")))
     t = time.perf_counter()
-    raw = _front(RAW_PIXELS, settings).set_params(on_error="skip")
+    raw = image_front(RAW_PIXELS, settings).set_params(on_error="skip")
     done.add(RAW_PIXELS, raw, raw.transform(items))
     done.stats[RAW_PIXELS] = {"total_s": time.perf_counter() - t}
     return done
@@ -161,7 +161,7 @@ def _embed_test(test, fronts: Dict[str, object]):
     """The held-out split through the same fronts: (kept features by name, kept set, dropped)."""
     if not isinstance(test, (tuple, list)) or len(test) != 2:
         raise InvalidParameterError(f"test must be a (sources, y) pair; got {type(test).__name__}")
-    items, y = _sources_and_labels(*test)
+    items, y = sources_and_labels(*test)
     done = _Embedded()
     for name, front in fronts.items():
         done.add(name, front, front.transform(items))
@@ -171,16 +171,16 @@ def _embed_test(test, fronts: Dict[str, object]):
                     len(dropped), len(items))
     keep = ~done.failed
     features = {name: (X[keep], y[keep]) for name, X in done.features.items()}
-    kept = [s for s, failed in zip(_plain(items), done.failed) if not failed]
+    kept = [s for s, failed in zip(plain_sources(items), done.failed) if not failed]
     return features, (kept, y[keep]), dropped
 
 
-def _plain(items) -> list:
+def plain_sources(items) -> list:
     """The caller's own values (paths stay paths), not the engine's Source wrappers."""
     return [s.path if s.path is not None else s.array for s in items]
 
 
-def _front(name: str, settings: dict):
+def image_front(name: str, settings: dict):
     """The unfitted image front end of a row: raw pixels or the backbone's embedder."""
     if name == RAW_PIXELS:
         return RawPixels(size=_RAW_SIZE)
@@ -219,22 +219,31 @@ def _search_row(X, y, kind: str, splits, scoring: Scoring, settings: dict, grid=
     return search, row
 
 
-def _out_of_fold(estimator, X, y, splits, classes) -> np.ndarray:
+def _fold_proba(estimator, X, y, train, held):
+    with _single_threaded_blas():
+        fitted = clone(estimator).fit(X[train], y[train])
+        return fitted.classes_, fitted.predict_proba(X[held])
+
+
+def out_of_fold(estimator, X, y, splits, classes, n_jobs=None) -> np.ndarray:
     """Each fold's held-out probabilities from a clone fitted on its training part.
 
     The same fits as ``cross_val_predict``, written out so that folds that are not
     a partition (``ShuffleSplit``) work too: images in no held-out part stay NaN.
+    ``n_jobs`` fits folds in parallel worker processes (joblib); each fit keeps
+    BLAS on one thread, so the two levels do not oversubscribe the cores.
     """
+    from joblib import Parallel, delayed
+
     out = np.full((len(y), len(classes)), np.nan)
-    for train, held in splits:
-        with _single_threaded_blas():
-            fitted = clone(estimator).fit(X[train], y[train])
-        columns = np.searchsorted(classes, fitted.classes_)
-        out[np.ix_(held, columns)] = fitted.predict_proba(X[held])
+    fits = Parallel(n_jobs=n_jobs)(delayed(_fold_proba)(estimator, X, y, train, held)
+                                   for train, held in splits)
+    for (fitted_classes, proba), (_, held) in zip(fits, splits):
+        out[np.ix_(held, np.searchsorted(classes, fitted_classes))] = proba
     return out
 
 
-def _evaluation(board: Leaderboard, features, kept_items, y_kept, local_splits,
+def _evaluation(board: Leaderboard, features, kept, kept_items, y_kept, local_splits,
                 test) -> Evaluation:
     """The best cross-validated row's probabilities: on the test split, else out of fold."""
     best = board.best_
@@ -243,11 +252,12 @@ def _evaluation(board: Leaderboard, features, kept_items, y_kept, local_splits,
         test_features, (items, y) = test
         proba = search.best_estimator_.predict_proba(test_features[best["backbone"]][0])
         return Evaluation(items, y, proba, f"the held-out test split ({len(items)} images)")
-    proba = _out_of_fold(search.best_estimator_, features[best["backbone"]], y_kept,
+    proba = out_of_fold(search.best_estimator_, features[best["backbone"]], y_kept,
                          local_splits, board.classes_)
     covered = np.flatnonzero(np.isfinite(proba).all(axis=1))
     return Evaluation([kept_items[i] for i in covered], y_kept[covered], proba[covered],
-                      f"out-of-fold predictions of the same {len(local_splits)} folds")
+                      f"out-of-fold predictions of the same {len(local_splits)} folds",
+                      indices=kept[covered])
 
 
 def _rows_bar(n_rows: int, progress):
@@ -305,7 +315,7 @@ def run_baseline(sources, y=None, *, backbones=("efficientnet_lite0",),
     (1.0, 'out-of-fold predictions of the same 3 folds')
     """
     start = time.perf_counter()
-    items, y = _sources_and_labels(sources, y)
+    items, y = sources_and_labels(sources, y)
     backbone_names, kinds = _check_names(backbones, heads)
     classes = np.unique(y)
     if len(classes) < 2:
@@ -326,10 +336,10 @@ def run_baseline(sources, y=None, *, backbones=("efficientnet_lite0",),
     y_kept = y[kept]
     if len(np.unique(y_kept)) < 2:
         raise InvalidDataError("fewer than 2 classes left after dropping undecodable images")
-    splits, cv_text = _splits(cv, y_kept, random_state)
+    splits, cv_text = cv_splits(cv, y_kept, random_state)
     protocol = f"{cv}-fold CV" if isinstance(cv, int) else cv_text.split(" (")[0]
     kept_items = [items[i] for i in kept]
-    plain = _plain(items)  # what the result hands on
+    plain = plain_sources(items)  # what the result hands on
     test_features, test_kept, test_dropped = (_embed_test(test, embedded.fronts)
                                               if test is not None else ({}, None, []))
 
@@ -348,7 +358,7 @@ def run_baseline(sources, y=None, *, backbones=("efficientnet_lite0",),
             row.update(_test_scores(search.best_estimator_, *test_features[name], scoring))
         # The head was refit on every kept image's vector by the search; fitting the
         # front end only records what it is (its vectors are the ones just used).
-        front = _front(name, settings).fit(kept_items)
+        front = image_front(name, settings).fit(kept_items)
         estimators[(name, kind)] = Pipeline([("embed", front), ("clf", search.best_estimator_)])
         searches[(name, kind)] = search
         rows.append(row)
@@ -368,7 +378,7 @@ def run_baseline(sources, y=None, *, backbones=("efficientnet_lite0",),
                         cv_description=cv_text, test_dropped=test_dropped)
     board.backbones_ = dict(embedded.described)
     # 3. The best row's probabilities, from the same vectors: no image forwarded again.
-    evaluation = _evaluation(board, features, [plain[i] for i in kept], y_kept, splits,
+    evaluation = _evaluation(board, features, kept, [plain[i] for i in kept], y_kept, splits,
                              (test_features, test_kept) if test is not None else None)
     skipped = [(src, why) for _, src, why in dropped + test_dropped]
     log.info("featx baseline: %d rows in %.1f s; best %s × %s", len(rows),
@@ -443,7 +453,7 @@ def baseline(sources, y=None, *, backbones=("efficientnet_lite0",),
         ``weights=None, unfreeze="all"``.
     pool : {"auto", "threads", "processes"}, default "auto"
         Where images are read and decoded (see :class:`~featx.Embedder`).
-    runtime : {"keras", "openvino", "auto"}, default "keras"
+    runtime : {"keras", "openvino", "openvino-bf16", "auto"}, default "keras"
         What runs the frozen forward (see :class:`~featx.Embedder`); the
         vectors, and so the board, do not depend on it.
 

@@ -11,23 +11,20 @@ figures are written beside it as PNG files.
 
 from __future__ import annotations
 
-import base64
-import datetime as _dt
-import html
-import io
 import os
-import platform
 from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import FeatxError
+from ..errors import FeatxError
+from ._audit import data_checks_html, write_audit_report
+from ._page import _esc, _figure, _img, _png, _table, _thumb, write_page
 
-__all__ = ["dataset_summary", "write_report", "most_confidently_wrong"]
+__all__ = ["dataset_summary", "write_report", "most_confidently_wrong", "write_audit_report",
+           "data_checks_html", "write_page"]
 
-THUMB = 96
 
 
 # --------------------------------------------------------------------------- data
@@ -100,18 +97,6 @@ def most_confidently_wrong(y_true, proba, k: int = 12) -> List[int]:
 # --------------------------------------------------------------------------- figures
 
 
-def _figure(width=6.0, height=4.5):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
-
-
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
 def _confusion_figure(cm: np.ndarray, names: Sequence[str]):
     n = len(names)
     size = min(4 + 0.45 * n, 12)
@@ -164,18 +149,12 @@ def _curves_figure(y_true, proba, names, kind: str):
 
 
 def _wrong_figure(sources, indices, y_true, proba, names):
-    from .images import decode_image
-
     cols = 4
     rows = max(1, -(-len(indices) // cols))
     fig = _figure(cols * 2.6, rows * 3.0)
     for slot, i in enumerate(indices):
         ax = fig.add_subplot(rows, cols, slot + 1)
-        try:
-            thumb = decode_image(sources[i], (THUMB, THUMB), policy="pad")
-            ax.imshow(thumb)
-        except FeatxError:
-            ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
+        _thumb(ax, sources[i])
         pred = int(np.argmax(proba[i]))
         ax.set_title(f"true: {str(names[y_true[i]])[:16]}\npred: {str(names[pred])[:16]} "
                      f"({proba[i, pred]:.2f})", fontsize=10)
@@ -185,20 +164,13 @@ def _wrong_figure(sources, indices, y_true, proba, names):
 
 def _examples_figure(sources, y, names, per_class: int = 6, max_classes: int = 20):
     """A row of example thumbnails per class (the first ``per_class`` of each)."""
-    from .images import decode_image
-
     shown = [c for c in range(len(names)) if np.any(np.asarray(y) == c)][:max_classes]
     fig = _figure(per_class * 1.5 + 1.6, len(shown) * 1.55 + 0.2)
     for row, c in enumerate(shown):
         members = np.flatnonzero(np.asarray(y) == c)[:per_class]
         for col, i in enumerate(members):
             ax = fig.add_subplot(len(shown), per_class, row * per_class + col + 1)
-            try:
-                ax.imshow(decode_image(sources[i], (THUMB, THUMB), policy="pad"))
-            except FeatxError:
-                ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
-            ax.set_xticks([])
-            ax.set_yticks([])
+            _thumb(ax, sources[i])
             if col == 0:
                 ax.set_ylabel(str(names[c])[:16], fontsize=10, rotation=0, ha="right",
                               va="center")
@@ -220,19 +192,6 @@ def _history_figure(history: Dict[str, list]):
 
 
 # --------------------------------------------------------------------------- HTML
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1300px;
-color:#222;padding:0 1rem}h1{font-size:1.6rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0;max-width:100%}
-td,th{border:1px solid #ddd;padding:3px 7px;text-align:right;overflow-wrap:anywhere}
-th{background:#f4f4f4;overflow-wrap:normal}td.l,th.l{text-align:left}tr.best td{background:#eaf4ea;font-weight:600}
-table.board{width:100%;font-size:.8rem}table.board td{white-space:nowrap}
-table.board td.wrap{white-space:normal}img{max-width:100%}
-.small{color:#666;font-size:.8rem}.means{color:#444;font-size:.9rem;margin:.2rem 0 1rem}
-.grid{display:flex;flex-wrap:wrap;gap:1rem}
-code{background:#f4f4f4;padding:1px 4px;overflow-wrap:anywhere}
-"""
 
 #: One line under each plot: what a reader should take from it.
 MEANS = {
@@ -259,34 +218,10 @@ def _means(key: str) -> str:
 
 
 
-def _esc(value) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _table(rows: List[dict], columns: Sequence[str], left: Sequence[str] = (),
-           digits: Optional[int] = None) -> str:
-    head = "".join(f'<th class="{"l" if c in left else ""}">{_esc(c)}</th>' for c in columns)
-    body = []
-    for row in rows:
-        cells = []
-        for c in columns:
-            v = row.get(c, "")
-            if isinstance(v, float):
-                v = "" if v != v else (f"{v:.{digits}f}" if digits is not None else f"{v:.4g}")
-            cells.append(f'<td class="{"l" if c in left else ""}">{_esc(v)}</td>')
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
-
-
-def _img(name: str, data: bytes, alt: str) -> str:
-    encoded = base64.b64encode(data).decode("ascii")
-    return f'<img alt="{_esc(alt)}" title="{_esc(name)}" src="data:image/png;base64,{encoded}">'
-
-
 def write_report(out_dir, result, *, class_names: Optional[Sequence[str]] = None,
                  title: str = "featx baseline", dataset_name: Optional[str] = None,
                  timings: Optional[Dict[str, float]] = None, n_wrong: int = 12,
-                 command: Optional[str] = None) -> Path:
+                 command: Optional[str] = None, checks=None) -> Path:
     """Write ``index.html`` (self-contained) and the figures as PNG files into ``out_dir``.
 
     Everything comes from ``result``, plain data: the board's rows, the best
@@ -311,6 +246,9 @@ def write_report(out_dir, result, *, class_names: Optional[Sequence[str]] = None
     command : str, optional
         The command line that produced the result, shown so the run can be
         repeated (the CLI passes its own).
+    checks : AuditResult, optional
+        Data checks of the same run (:func:`featx.quality.audit_baseline`): a
+        "Data checks" section with the headline counts and the worst findings.
 
     Returns
     -------
@@ -370,6 +308,9 @@ def write_report(out_dir, result, *, class_names: Optional[Sequence[str]] = None
         parts.append(_table([{"image": src, "reason": why} for src, why in skipped],
                             ["image", "reason"], left=["image", "reason"]))
 
+    if checks is not None:
+        parts.extend(data_checks_html(checks, figures))
+
     best = board.best_
     parts.append("<h2>Leaderboard</h2>")
     parts.append(f"<p class=small>{_esc(board.cv_description)}; ranked by "
@@ -424,20 +365,7 @@ def write_report(out_dir, result, *, class_names: Optional[Sequence[str]] = None
 
     parts.append(_timing_html(board, timings))
 
-    for name, data in figures.items():
-        (out / name).write_bytes(data)
-    from . import __version__
-
-    generated = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    document = (
-        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
-        f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{_esc(title)}</h1><p class=small>Generated {generated} by featx "
-        f"{_esc(__version__)} on {_esc(platform.node() or 'this machine')}.</p>"
-        + "".join(parts) + "</body></html>")
-    path = out / "index.html"
-    path.write_text(document, encoding="utf-8")
-    return path
+    return write_page(out / "index.html", title, parts, figures)
 
 
 def _label(source, index: int) -> str:
@@ -511,7 +439,7 @@ def _settings_html(board, result, command: Optional[str]) -> str:
 def _versions() -> str:
     import sys
 
-    from . import __version__
+    from .. import __version__
 
     found = [f"featx {__version__}", f"Python {sys.version.split()[0]}"]
     keras = sys.modules.get("keras")  # only what this run imported: nothing is imported here
