@@ -15,7 +15,8 @@ Parts (each prints and goes into the ``bench_audit`` section of docs/benchmarks.
    flips. The set runs twice: as stored (28 × 28 PNG files) and upscaled to 112 × 112
    PNG files before injection, because at 28 px the perturbation changes an image more
    than the difference between two distinct products (see docs/audit.md). For each,
-   the best recall any threshold reaches at precision ≥ 0.9 on the same ranking is
+   the same audit without pixel verification (``verify=False``) and the best recall any
+   cosine threshold reaches at precision ≥ 0.9 on the same ranking are
    printed too.
 2. **ELPV, no injection**: counts of what the audit reports on all 2,624 cells, and
    the top pairs and label issues written as PNG files under ``--look`` for a person
@@ -156,16 +157,23 @@ def run_injected(args, root: Path, upscale: int) -> dict:
                          runtime=args.runtime, map_points=args.map_points)
     seconds = time.perf_counter() - t
     recall, precision, reported = leakage_scores(result, pairs, len(train))
+    # The same audit without pixel verification (warm cache: the copies are cached too).
+    unverified = featx.audit(train, y_train, test=(test, y_test), cache=cache,
+                             runtime=args.runtime, verify=False, checks=["duplicates"])
+    u_recall, u_precision, _ = leakage_scores(unverified, pairs, len(train))
     X = featx.ImageEmbedder("efficientnet_lite0", cache=cache).fit_transform(train + test)
     oracle = best_recall_at_precision(X, len(train), pairs)
     top = result.label_issues["index"].tolist()[:len(flipped)]
     hits = len(set(top) & flipped)
     cal = result.calibration.summary()
     row = {"set": f"{len(train) + len(test)} images at {upscale or 28} px",
-           "threshold": cal["threshold"], "copy recall (calibration)": cal["copy_recall"],
-           "raised": cal["raised"], "reported train/test pairs": reported,
+           "threshold": cal["threshold"], "pixel threshold": cal.get("pixel_threshold"),
+           "copy recall (calibration)": cal["copy_recall"],
+           "raised": cal["raised"], "candidates verified": result.stats["duplicate_verified"],
+           "reported train/test pairs": reported,
            "leakage recall": recall, "leakage precision": precision,
-           "best recall at precision 0.9": oracle,
+           "cosine only: recall": u_recall, "cosine only: precision": u_precision,
+           "cosine only: best recall at precision 0.9": oracle,
            "label issues P@k": hits / max(1, len(top)), "label issues R@k": hits / len(flipped),
            "k": len(flipped), "map points": len(result.map), "budget points": len(result.budget),
            "forwarded": result.stats["forwarded"] + result.stats["calibration_forwarded"],
@@ -192,6 +200,8 @@ def run_elpv(args) -> dict:
     write_audit_report(look / "elpv", result, title="featx audit — ELPV (benchmark)")
     s, cal = result.summary(), result.calibration.summary()
     row = {"images": s["images"], "threshold": cal["threshold"],
+           "pixel threshold": cal.get("pixel_threshold"),
+           "candidates verified": result.stats["duplicate_verified"],
            "copy recall (calibration)": cal["copy_recall"], "exact pairs": s["exact_pairs"],
            "near pairs": s["near_pairs"], "across-fold pairs": s["leaking_pairs"],
            "label issues": s["label_issues"], "seconds": seconds,
@@ -300,9 +310,11 @@ def markdown(args, results: dict, info: dict) -> str:
              "measured it (kept in `--look`): " + "; ".join(
                  f"{p}: `{by.get(p, 'an earlier run of this script')}`" for p in parts), ""]
     if "inject" in results:
-        cols = ["set", "threshold", "copy recall (calibration)", "raised",
-                "reported train/test pairs", "leakage recall", "leakage precision",
-                "best recall at precision 0.9", "label issues P@k", "label issues R@k", "k",
+        cols = ["set", "threshold", "pixel threshold", "copy recall (calibration)", "raised",
+                "candidates verified", "reported train/test pairs", "leakage recall",
+                "leakage precision", "cosine only: recall", "cosine only: precision",
+                "cosine only: best recall at precision 0.9", "label issues P@k",
+                "label issues R@k", "k",
                 "map points", "budget points", "forwarded", "seconds"]
         lines += ["**Injected problems, Fashion-MNIST** (50 cross-split near copies, 2 % "
                   "flipped training labels; EfficientNet-Lite0 packaged, 224 px). Goal: "

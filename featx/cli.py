@@ -488,8 +488,8 @@ def _cmd_audit(args) -> int:
     result = audit(sources, named, test=test, backbone=name, cache=cache, cv=args.cv,
                    weights=_weights_arg(args.weights), input_size=args.input_size,
                    batch_size=args.batch_size, pool=args.pool, runtime=args.runtime,
-                   threshold=args.threshold, checks=tuple(args.checks),
-                   map_points=args.map_points, progress=not quiet)
+                   threshold=args.threshold, verify=not args.no_verify,
+                   checks=tuple(args.checks), map_points=args.map_points, progress=not quiet)
     report = write_audit_report(args.out, result, title=f"featx audit — {described}",
                                 command=_command_line())
     findings = result.to_json()
@@ -506,8 +506,9 @@ def _cmd_audit(args) -> int:
     for src, why in result.skipped:
         say(f"skipped {src}: {why}")
     if not args.quiet:
-        threshold = ("" if result.calibration is None
-                     else f" (cosine >= {result.calibration.threshold:.4f})")
+        cal = result.calibration
+        threshold = ("" if cal is None else f" (cosine >= {cal.threshold:.4f}" + (
+            f", pixel copy score >= {cal.pixel_threshold:.4f})" if cal.verified else ")"))
         print(f"\nexact duplicate pairs: {summary['exact_pairs']}; near-duplicate pairs"
               f"{threshold}: {summary['near_pairs']}; leaking (train/test or across folds): "
               f"{summary['leaking_pairs']}; label-issue candidates: {summary['label_issues']}")
@@ -777,6 +778,9 @@ def _add_quality_commands(sub) -> None:
     p.add_argument("--threshold", type=float, default=None,
                    help="cosine similarity of near duplicates (default: calibrated on "
                         "generated copies of the dataset's own images)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="report near duplicates on cosine similarity alone, without "
+                        "comparing the candidates' pixels (faster; far less precise)")
     p.add_argument("--map-points", type=_int_in(10, 100000), default=2000,
                    help="most images on the map (default 2000)")
     p.set_defaults(func=_cmd_audit)

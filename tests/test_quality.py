@@ -15,8 +15,8 @@ from PIL import Image
 
 import featx
 from featx.errors import InvalidParameterError, MissingDependencyError, StoreError
-from featx.quality import (calibrate, label_issues, near_copy, nearest, neighbour_backend,
-                           unit_rows)
+from featx.quality import (PixelVerifier, calibrate, copy_score, label_issues, near_copy,
+                           nearest, neighbour_backend, thumbnail, unit_rows)
 from featx.store import STORE_VERSION, EmbeddingStore
 
 pytest.importorskip("pandas")
@@ -147,6 +147,50 @@ def test_near_copy_changes_size_and_bytes_but_keeps_the_picture():
     assert np.abs(small - ref).mean() < 20
 
 
+def test_copy_score_tells_near_copies_from_look_alikes_on_real_photos(tmp_path, monkeypatch):
+    # Trousers of Fashion-MNIST, upscaled as in the benchmark: distinct ones look alike
+    # to a backbone (cosine 0.93-0.96), which is why pairs are verified on pixels.
+    from featx.datasets import FASHION_MNIST_DIR, load_fashion_mnist
+
+    if not os.path.isdir(FASHION_MNIST_DIR):
+        pytest.skip("dataset-fashion-mnist not installed (apt-get install dataset-fashion-mnist)")
+    monkeypatch.setenv("FEATX_HOME", str(tmp_path))
+    paths, y, _ = load_fashion_mnist("test", limit=200)
+    trousers = [np.asarray(Image.open(p).convert("RGB").resize((112, 112), Image.BICUBIC))
+                for p, label in zip(paths, y) if label == 1]
+    rng = np.random.default_rng(0)
+    thumbs = [thumbnail(image) for image in trousers]
+    copies = [copy_score(t, thumbnail(near_copy(image, rng)))
+              for t, image in zip(thumbs, trousers)]
+    distinct = [copy_score(thumbs[i], thumbs[j])
+                for i in range(len(thumbs)) for j in range(i + 1, len(thumbs))]
+    assert len(trousers) == 20
+    assert np.quantile(copies, 0.1) > np.quantile(distinct, 0.99), (
+        np.quantile(copies, 0.1), np.quantile(distinct, 0.99))
+    # The verifier scores the same, thumbnails decoded once; an unreadable image is NaN.
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    verifier = PixelVerifier([trousers[0], trousers[1], str(broken)].__getitem__)
+    scores = verifier.scores([(0, 1), (0, 2)])
+    assert scores[0] == pytest.approx(distinct[0], abs=1e-6) and np.isnan(scores[1])
+    assert verifier.failed == 1
+
+
+def test_calibration_with_pixels_keeps_candidates_wide_and_the_pixel_threshold_guarded():
+    cosine = np.linspace(0.80, 0.99, 200)  # copies a backbone confuses with look-alikes
+    cal = calibrate(cosine, np.linspace(0.7, 0.97, 200), pixel_copies=np.linspace(0.99, 1, 200),
+                    pixel_distinct=np.linspace(0.5, 0.98, 200))
+    assert cal.verified and cal.threshold == pytest.approx(0.80, abs=0.002)
+    assert not cal.raised and cal.copy_recall >= 0.97
+    flat = calibrate(cosine, [], pixel_copies=np.linspace(0.9, 1, 200),
+                     pixel_distinct=np.linspace(0.9, 1, 200))  # images with no pattern
+    assert flat.raised and flat.pixel_threshold > 0.99
+    given = calibrate([], [], pixel_copies=[0.99, 1.0], threshold=0.5)
+    assert given.given and given.threshold == 0.5 and given.verified
+    with pytest.raises(featx.errors.InvalidDataError, match="verify=False"):
+        calibrate(cosine, [], pixel_copies=[np.nan])
+
+
 def test_label_issues_find_flipped_labels_and_name_the_extra_when_missing(monkeypatch):
     rng = np.random.RandomState(0)
     codes = np.repeat([0, 1, 2], 40)
@@ -204,6 +248,27 @@ def test_audit_finds_exact_leakage_across_the_split_and_the_flipped_label(leaky,
                         calibration_pairs=20, checks=["duplicates"])
     assert again.stats["forwarded"] == 0 and again.stats["calibration_forwarded"] == 0
     assert again.calibration.threshold == pytest.approx(result.calibration.threshold)
+
+
+def test_pixel_verification_keeps_the_copies_and_drops_the_look_alikes(leaky):
+    train, y, test, y_test = leaky
+    copy = near_copy(np.asarray(Image.fromarray(train[21]).resize((80, 80))),
+                     np.random.default_rng(1))
+    test = np.stack([*test, np.asarray(Image.fromarray(copy).resize((40, 40)))])
+    y_test = np.append(y_test, "light")
+    # Every neighbour a candidate: the vectors alone report pairs of distinct images ...
+    loose = featx.audit(train, y, test=(test, y_test), **TINY, cv=3, threshold=0.0,
+                        verify=False, checks=["duplicates"])
+    assert (loose.duplicates["kind"] == "near").sum() > 20
+    # ... the pixels keep the exact and the near copy, both across the split.
+    checked = featx.audit(train, y, test=(test, y_test), **TINY, cv=3, threshold=0.0,
+                          calibration_pairs=20, checks=["duplicates"])
+    found = {(int(r.a), int(r.b)): r for r in checked.duplicates.itertuples()}
+    assert set(found) == {(20, 30), (21, 33)}, checked.duplicates
+    assert found[(21, 33)].kind == "near" and found[(21, 33)].relation == "train/test"
+    assert found[(21, 33)].pixel_score >= checked.calibration.pixel_threshold
+    assert checked.stats["calibration_forwarded"] == 0  # a given threshold embeds no copy
+    assert checked.stats["duplicate_verified"] == checked.stats["duplicate_candidates"] > 20
 
 
 def test_audit_uses_given_folds_and_probabilities(leaky):

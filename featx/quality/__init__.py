@@ -13,13 +13,16 @@ Examples
 ('duplicates', 'labels', 'map', 'budget')
 """
 
-from ._checks import (COPY_QUANTILE, LEAKING, MAX_DISTINCT_ABOVE, Calibration, calibrate,
-                      duplicate_pairs, label_budget, label_issues, near_copy, project_2d,
+from ._checks import (CANDIDATE_QUANTILE, COPY_QUANTILE, LEAKING, MAX_DISTINCT_ABOVE,
+                      MAX_VERIFIED, Calibration, calibrate, duplicate_pairs, label_budget, label_issues, near_copy, project_2d,
                       relation)
 from ._neighbours import nearest, neighbour_backend, unit_rows
 from ._run import CHECKS, AuditResult, Match, audit, audit_baseline, similar
+from ._verify import MAX_CROP, VERIFY_SIZE, PixelVerifier, copy_score, thumbnail
 
 __all__ = ["audit", "audit_baseline", "AuditResult", "similar", "Match", "CHECKS",
-           "Calibration", "calibrate", "COPY_QUANTILE", "MAX_DISTINCT_ABOVE", "LEAKING",
+           "Calibration", "calibrate", "COPY_QUANTILE", "CANDIDATE_QUANTILE",
+           "MAX_DISTINCT_ABOVE", "MAX_VERIFIED", "LEAKING", "PixelVerifier", "copy_score",
+           "thumbnail", "VERIFY_SIZE", "MAX_CROP",
            "duplicate_pairs", "label_budget", "label_issues", "near_copy", "project_2d",
            "relation", "nearest", "neighbour_backend", "unit_rows"]

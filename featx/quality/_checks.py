@@ -5,7 +5,7 @@ cached vectors, the folds and the out-of-fold probabilities."""
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -13,21 +13,24 @@ import numpy as np
 from ..errors import InvalidDataError, MissingDependencyError
 from ._neighbours import nearest
 
-__all__ = ["near_copy", "Calibration", "calibrate", "duplicate_pairs", "relation",
+__all__ = ["near_copy", "Calibration", "calibrate", "CANDIDATE_QUANTILE", "duplicate_pairs", "relation",
            "label_issues", "project_2d", "label_budget"]
 
-#: Quantile of the generated copies' similarities used as the near-duplicate threshold:
-#: 98 % of copies made by :func:`near_copy` from this dataset's own images score above it.
+#: Quantile of the generated copies' scores used as a threshold: 98 % of copies made by
+#: :func:`near_copy` from this dataset's own images score above it.
 COPY_QUANTILE = 0.02
-#: Most images whose nearest *distinct* image may pass the threshold. Where a backbone
-#: finds distinct images as similar as copies (tiny or very uniform images), the threshold
-#: rises to the 95th percentile of those similarities, and the copy recall it keeps is
-#: reported. Measured on 5,000 Fashion-MNIST images at 112 px with 50 injected copies:
-#: the copies' 2 % quantile (0.931) found every copy at precision 0.36 (distinct plain
-#: trousers and boots score 0.93-0.96); 0.95 found 98 % at precision 0.91. Not lower than
-#: 5 %: the sample's nearest "distinct" images include the dataset's own duplicates, which
-#: are what the check looks for (at 1 %, 6 % of duplicates in a sample lifted the
-#: threshold above most of them).
+#: With pixel verification, the cosine threshold only picks the candidates to verify, so
+#: it keeps 99.5 % of the copies; the pixels decide (see :mod:`featx.quality._verify`).
+CANDIDATE_QUANTILE = 0.005
+#: Most images whose nearest *distinct* image may pass the threshold. Where distinct
+#: images score as high as copies (tiny or very uniform images), the threshold rises to
+#: the 95th percentile of those scores, and the copy recall it keeps is reported. Without
+#: pixel verification this guard is all that stands for precision, and it is not enough:
+#: measured on 5,000 Fashion-MNIST images at 112 px with 50 injected copies, the copies'
+#: 2 % cosine quantile (0.931) found every copy at precision 0.36 (distinct plain
+#: trousers and boots score 0.93-0.96). Not lower than 5 %: the sample's nearest
+#: "distinct" images include the dataset's own duplicates, which are what the check
+#: looks for (at 1 %, 6 % of duplicates in a sample lifted the threshold above most).
 MAX_DISTINCT_ABOVE = 0.05
 
 
@@ -104,25 +107,38 @@ def near_copy(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return np.asarray(copy.convert("RGB"))
 
 
+_EMPTY = np.zeros(0)
+
+
 @dataclass
 class Calibration:
-    """How similar a backbone finds generated near-copies of this dataset's images.
+    """How a backbone and the pixel verifier score generated near-copies of this dataset.
+
+    A pair of images is a near duplicate when its cosine similarity reaches
+    :attr:`threshold` and, with verification, its pixel copy score
+    (:func:`~featx.quality.copy_score`) reaches :attr:`pixel_threshold`.
 
     Attributes
     ----------
     threshold : float
-        Cosine similarity at or above which two images are reported as near
-        duplicates: the :data:`COPY_QUANTILE` quantile of ``copies``, raised to
-        the ``1 - MAX_DISTINCT_ABOVE`` quantile of ``nearest_distinct`` when
-        that is higher (the backbone then confuses copies with distinct images,
-        and :attr:`copy_recall` says how many copies the threshold still finds).
+        Cosine similarity of a candidate pair. Verified: the
+        :data:`CANDIDATE_QUANTILE` quantile of ``copies``. Unverified: the
+        :data:`COPY_QUANTILE` quantile, raised to the ``1 - MAX_DISTINCT_ABOVE``
+        quantile of ``nearest_distinct`` when that is higher.
     copies : ndarray
-        Similarity of each sampled image to its generated copy.
+        Cosine similarity of each sampled image to its generated copy.
     nearest_distinct : ndarray
-        Similarity of each image to its most similar *other* image (exact
-        copies excluded), over the whole set: no sampling noise in its tail.
+        Cosine similarity of each image to its most similar *other* image (exact
+        copies excluded), over the whole set.
     given : bool
-        True when the user fixed the threshold (no copies were generated).
+        True when the user fixed the cosine threshold.
+    pixel_threshold : float or None
+        Copy score a candidate must reach: the :data:`COPY_QUANTILE` quantile of
+        ``pixel_copies``, raised as above by ``pixel_distinct``. None: pairs are
+        not verified on pixels.
+    pixel_copies, pixel_distinct : ndarray
+        Copy scores of the sampled images with their copies, and with their
+        nearest distinct images.
 
     Examples
     --------
@@ -130,44 +146,86 @@ class Calibration:
     >>> from featx.quality import Calibration
     >>> Calibration(0.9, np.array([0.95, 0.85]), np.array([0.5, 0.95])).copy_recall
     0.5
+    >>> Calibration(0.9, np.array([0.95, 0.95]), np.array([0.5, 0.95]), pixel_threshold=0.99,
+    ...             pixel_copies=np.array([0.995, 0.98])).copy_recall
+    0.5
     """
 
     threshold: float
     copies: np.ndarray
     nearest_distinct: np.ndarray
     given: bool = False
+    pixel_threshold: Optional[float] = None
+    pixel_copies: np.ndarray = field(default_factory=lambda: _EMPTY)
+    pixel_distinct: np.ndarray = field(default_factory=lambda: _EMPTY)
+
+    @property
+    def verified(self) -> bool:
+        """True when candidate pairs are verified on pixels."""
+        return self.pixel_threshold is not None
 
     @property
     def distinct_above(self) -> float:
-        """Share of images whose nearest other image passes the threshold."""
+        """Share of images whose nearest other image passes the cosine threshold."""
         if not len(self.nearest_distinct):
             return float("nan")
         return float(np.mean(self.nearest_distinct >= self.threshold))
 
     @property
     def copy_recall(self) -> float:
-        """Share of the generated copies the threshold finds."""
+        """Share of the generated copies both thresholds find."""
         if not len(self.copies):
             return float("nan")
-        return float(np.mean(self.copies >= self.threshold))
+        found = self.copies >= self.threshold
+        if self.verified and len(self.pixel_copies) == len(self.copies):
+            found &= self.pixel_copies >= self.pixel_threshold
+        return float(np.mean(found))
 
     @property
     def raised(self) -> bool:
-        """True when distinct images forced the threshold above the copies' quantile."""
+        """True when distinct images forced a threshold above the copies' quantile."""
+        if self.verified:
+            return bool(len(self.pixel_copies)) and float(
+                np.mean(self.pixel_copies >= self.pixel_threshold)) < 1 - COPY_QUANTILE - 1e-9
         return bool(len(self.copies)) and self.copy_recall < 1 - COPY_QUANTILE - 1e-9
 
     def summary(self) -> dict:
         q = (lambda a, p: float(np.quantile(a, p)) if len(a) else float("nan"))
-        return {"threshold": float(self.threshold), "given": self.given,
-                "pairs": int(len(self.copies)), "copies_min": q(self.copies, 0.0),
-                "copies_median": q(self.copies, 0.5), "copy_recall": self.copy_recall,
-                "raised": self.raised,
-                "nearest_distinct_median": q(self.nearest_distinct, 0.5),
-                "nearest_distinct_above": self.distinct_above}
+        out = {"threshold": float(self.threshold), "given": self.given,
+               "pairs": int(len(self.copies)), "copies_min": q(self.copies, 0.0),
+               "copies_median": q(self.copies, 0.5), "copy_recall": self.copy_recall,
+               "raised": self.raised,
+               "nearest_distinct_median": q(self.nearest_distinct, 0.5),
+               "nearest_distinct_above": self.distinct_above, "verified": self.verified}
+        if self.verified:
+            out.update(pixel_threshold=float(self.pixel_threshold),
+                       pixel_copies_median=q(self.pixel_copies, 0.5),
+                       pixel_distinct_median=q(self.pixel_distinct, 0.5),
+                       pixel_distinct_above=float(np.mean(
+                           self.pixel_distinct >= self.pixel_threshold))
+                       if len(self.pixel_distinct) else float("nan"))
+        return out
 
 
-def calibrate(copies_sim: np.ndarray, nearest_distinct: np.ndarray) -> Calibration:
-    """The threshold from generated copies and each image's nearest distinct neighbour.
+def _guarded(copies: np.ndarray, distinct: np.ndarray) -> float:
+    """The copies' quantile, raised when too many distinct images reach it."""
+    threshold = float(np.quantile(copies, COPY_QUANTILE, method="lower"))
+    if len(distinct):
+        guard = float(np.quantile(distinct, 1 - MAX_DISTINCT_ABOVE, method="higher"))
+        threshold = max(threshold, float(np.nextafter(guard, 2.0)))
+    return min(threshold, 0.9999)
+
+
+def calibrate(copies_sim: np.ndarray, nearest_distinct: np.ndarray,
+              pixel_copies: Optional[np.ndarray] = None,
+              pixel_distinct: Optional[np.ndarray] = None,
+              threshold: Optional[float] = None) -> Calibration:
+    """The thresholds from generated copies and each image's nearest distinct neighbour.
+
+    With ``pixel_copies`` (copy scores of the same copies), candidates are
+    verified on pixels: the cosine threshold only needs to keep almost every
+    copy, and the pixel threshold carries the precision. ``threshold`` fixes
+    the cosine threshold (the user's).
 
     Examples
     --------
@@ -178,17 +236,37 @@ def calibrate(copies_sim: np.ndarray, nearest_distinct: np.ndarray) -> Calibrati
     (0.951, 0.99, False)
     >>> calibrate(np.linspace(0.80, 0.99, 100), np.linspace(0.7, 0.95, 100)).raised
     True
+    >>> cal = calibrate(np.linspace(0.80, 0.99, 100), np.linspace(0.7, 0.95, 100),
+    ...                 pixel_copies=np.linspace(0.99, 1.0, 100),
+    ...                 pixel_distinct=np.linspace(0.5, 0.98, 100))
+    >>> round(cal.threshold, 3), round(cal.pixel_threshold, 4), cal.raised
+    (0.8, 0.9901, False)
     """
     copies_sim = np.asarray(copies_sim, np.float64)
     nearest_distinct = np.asarray(nearest_distinct, np.float64)
-    if not len(copies_sim):
+    given = threshold is not None
+    if not len(copies_sim) and not given:
         raise InvalidDataError("no generated copy could be embedded to calibrate the "
                                "near-duplicate threshold; pass threshold= explicitly")
-    threshold = float(np.quantile(copies_sim, COPY_QUANTILE, method="lower"))
-    if len(nearest_distinct):
-        guard = float(np.quantile(nearest_distinct, 1 - MAX_DISTINCT_ABOVE, method="higher"))
-        threshold = max(threshold, np.nextafter(guard, 2.0))
-    return Calibration(min(threshold, 0.9999), copies_sim, nearest_distinct)
+    if pixel_copies is None:
+        if given:
+            return Calibration(float(threshold), copies_sim, nearest_distinct, given=True)
+        return Calibration(_guarded(copies_sim, nearest_distinct), copies_sim, nearest_distinct)
+    pixel_copies = np.asarray(pixel_copies, np.float64)
+    pixel_distinct = np.asarray(_EMPTY if pixel_distinct is None else pixel_distinct,
+                                np.float64)
+    pixel_distinct = pixel_distinct[np.isfinite(pixel_distinct)]
+    if not np.isfinite(pixel_copies).any():
+        raise InvalidDataError("no generated copy could be compared on pixels to calibrate "
+                               "the verification; pass verify=False")
+    if not given:
+        threshold = min(float(np.quantile(copies_sim, CANDIDATE_QUANTILE, method="lower")),
+                        0.9999)
+    pixel = _guarded(pixel_copies[np.isfinite(pixel_copies)], pixel_distinct)
+    return Calibration(float(threshold), copies_sim, nearest_distinct,
+                       given=given,
+                       pixel_threshold=pixel, pixel_copies=pixel_copies,
+                       pixel_distinct=pixel_distinct)
 
 
 def relation(a: int, b: int, split: np.ndarray, fold: np.ndarray) -> str:
@@ -215,15 +293,28 @@ def relation(a: int, b: int, split: np.ndarray, fold: np.ndarray) -> str:
 LEAKING = ("train/test", "across folds")
 
 
+#: Most candidate pairs verified on pixels (about a millisecond each), the most similar
+#: first; the rest are counted in the audit's stats, not reported.
+MAX_VERIFIED = 100_000
+
+
 def duplicate_pairs(keys: Sequence[bytes], unit: np.ndarray, threshold: float,
                     split: np.ndarray, fold: np.ndarray, k: int = 10,
-                    neighbours=None) -> List[dict]:
+                    neighbours=None, verify=None, pixel_threshold: Optional[float] = None,
+                    stats: Optional[dict] = None) -> List[dict]:
     """Exact (same content key) and near (cosine ≥ ``threshold``) duplicate pairs.
 
     Each exact group is reported as pairs of its first member with each other
     one; near pairs come from each image's ``k`` nearest neighbours (or the
     ``(similarity, index)`` of :func:`~featx.quality.nearest` already computed), so an
     image with more than ``k`` near copies lists its ``k`` closest.
+
+    ``verify``, when given, scores candidate pairs on pixels (``verify(pairs)``
+    returns a copy score per ``(a, b)``, as :meth:`~featx.quality.PixelVerifier.scores`
+    does); a pair is then reported only when its score reaches
+    ``pixel_threshold``, or when it cannot be verified (score NaN: an image no
+    longer decodes). At most :data:`MAX_VERIFIED` candidates are verified, the
+    most similar first. ``stats`` receives the counts.
 
     Examples
     --------
@@ -234,13 +325,18 @@ def duplicate_pairs(keys: Sequence[bytes], unit: np.ndarray, threshold: float,
     >>> [(p["a"], p["b"], p["relation"]) for p in duplicate_pairs(
     ...     [b"a", b"b", b"c"], unit, 0.99, split, fold)]
     [(0, 1, 'train/test')]
+    >>> duplicate_pairs([b"a", b"b", b"c"], unit, 0.99, split, fold,
+    ...                 verify=lambda pairs: np.array([0.5] * len(pairs)), pixel_threshold=0.9)
+    []
     """
     pairs: Dict[tuple, dict] = {}
     first: Dict[bytes, int] = {}
     for i, key in enumerate(keys):
         j = first.setdefault(key, i)
         if j != i:
-            pairs[(j, i)] = {"a": j, "b": i, "kind": "exact", "similarity": 1.0}
+            pairs[(j, i)] = {"a": j, "b": i, "kind": "exact", "similarity": 1.0,
+                             "pixel_score": 1.0}
+    candidates: Dict[tuple, float] = {}
     if len(unit) > 1:
         sims, idx = neighbours if neighbours is not None else nearest(unit, k)
         for a, b in zip(*np.nonzero(sims >= threshold)):
@@ -248,10 +344,25 @@ def duplicate_pairs(keys: Sequence[bytes], unit: np.ndarray, threshold: float,
             if j < 0:
                 continue
             pair = (int(min(a, j)), int(max(a, j)))
-            if pair in pairs or keys[pair[0]] == keys[pair[1]]:
-                continue
-            pairs[pair] = {"a": pair[0], "b": pair[1], "kind": "near",
-                           "similarity": float(sims[a, b])}
+            if pair not in pairs and keys[pair[0]] != keys[pair[1]]:
+                candidates[pair] = max(candidates.get(pair, -1.0), float(sims[a, b]))
+    ranked = sorted(candidates, key=candidates.get, reverse=True)
+    scores = np.full(len(ranked), np.nan)
+    if verify is not None:
+        checked = ranked[:MAX_VERIFIED]
+        scores[:len(checked)] = verify(checked) if checked else []
+        ranked = checked
+    for pair, score in zip(ranked, scores):
+        if verify is not None and score < pixel_threshold:  # NaN (unverifiable) is kept
+            continue
+        pairs[pair] = {"a": pair[0], "b": pair[1], "kind": "near",
+                       "similarity": candidates[pair], "pixel_score": float(score)}
+    if stats is not None:
+        stats.update(candidates=len(candidates),
+                     verified=int(np.isfinite(scores).sum()) if verify is not None else 0,
+                     unverifiable=int(np.isnan(scores).sum()) if verify is not None else 0,
+                     beyond_verify_limit=max(0, len(candidates) - MAX_VERIFIED)
+                     if verify is not None else 0)
     out = list(pairs.values())
     for p in out:
         p["relation"] = relation(p["a"], p["b"], split, fold)
