@@ -167,7 +167,19 @@ def test_copy_score_tells_near_copies_from_look_alikes_on_real_photos(tmp_path, 
     assert len(trousers) == 20
     assert np.quantile(copies, 0.1) > np.quantile(distinct, 0.99), (
         np.quantile(copies, 0.1), np.quantile(distinct, 0.99))
-    # The verifier scores the same, thumbnails decoded once; an unreadable image is NaN.
+    # Less what their look-alikes share (the mean of their nearest neighbours), distinct
+    # trousers stop looking alike, and copies still match.
+    neighbours = nearest(unit_rows(np.stack(thumbs).reshape(len(thumbs), -1)), 6)[1]
+    verifier = PixelVerifier(trousers.__getitem__, neighbours=neighbours)
+    rng = np.random.default_rng(0)
+    with_template = [verifier.copy_scores(i, [near_copy(image, rng)])[0]
+                     for i, image in enumerate(trousers)]
+    look_alikes = verifier.scores([(i, int(neighbours[i, 0])) for i in range(len(thumbs))])
+    plain_look_alikes = [copy_score(thumbs[i], thumbs[int(neighbours[i, 0])])
+                         for i in range(len(thumbs))]
+    assert np.median(look_alikes) < np.median(plain_look_alikes) - 0.2
+    assert np.quantile(with_template, 0.1) > np.quantile(look_alikes, 0.99)
+    # The verifier scores as copy_score does, thumbnails decoded once; unreadable is NaN.
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
     verifier = PixelVerifier([trousers[0], trousers[1], str(broken)].__getitem__)

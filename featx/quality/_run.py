@@ -21,7 +21,7 @@ from ..images import as_sources
 from ._checks import (LEAKING, Calibration, calibrate, duplicate_pairs, label_budget,
                       label_issues, near_copy, original_pixels, project_2d)
 from ._neighbours import nearest, neighbour_backend, unit_rows
-from ._verify import PixelVerifier, copy_score, thumbnail
+from ._verify import PixelVerifier
 
 __all__ = ["audit", "audit_baseline", "AuditResult", "similar", "Match", "CHECKS"]
 
@@ -389,7 +389,8 @@ def _embed_step(sources, y, test, backbone, settings, cv, random_state, progress
 def _duplicates_step(a: _Audited, threshold, verify, k, calibration_pairs, random_state):
     """(Calibration, pairs with source indices) of the exact and near duplicates."""
     sims, idx = nearest(a.unit, k)
-    verifier = PixelVerifier(lambda p: a.items[int(a.kept[p])]) if verify else None
+    verifier = (PixelVerifier(lambda p: a.items[int(a.kept[p])], neighbours=idx)
+                if verify else None)
     if threshold is None or verifier is not None:
         calibration, copy_stats = _calibrate(a, sims, idx, calibration_pairs, random_state,
                                              verifier, threshold)
@@ -572,7 +573,7 @@ def _calibrate(a: _Audited, sims, idx, n_pairs, random_state, verifier=None,
         copies.append(copy)
         originals.append(position[int(i)])
         if verifier is not None:
-            pixel_copies.append(copy_score(thumbnail(original), thumbnail(copy)))
+            pixel_copies.append(verifier.copy_scores(position[int(i)], [copy])[0])
     # Every image's most similar image with other content (position in a.kept, or -1).
     distinct = np.full(len(a.keys), -1)
     distinct_sim = np.full(len(a.keys), np.nan)
