@@ -7,6 +7,11 @@ and resized to 224×224, for 1, 2 and ``nproc`` workers, and writes the medians 
 ``docs/benchmarks.md``. A pool is started once per configuration and warmed up, so the
 numbers are steady-state throughput, not start-up.
 
+A second table is start-up: what one short call costs (a new process pool decoding
+``--call-images`` images, as an engine call on a few new images makes one) when its
+worker interpreters are started for it, and when a finished pool left its idle
+workers for the next one; the two alternate, ``--calls`` times each.
+
 Usage::
 
     python benchmarks/bench_decode.py               # 512 images, 5 repeats, writes docs/
@@ -48,6 +53,26 @@ def throughput(pool, paths, repeats):
     return rates
 
 
+def call_seconds(paths, workers, calls):
+    """Seconds of each short call with fresh workers and with kept ones, alternating."""
+    from featx.engine import DecodePool
+    from featx.engine._decode import IDLE_WORKERS
+
+    out = {"started for the call": [], "kept from the last call": []}
+    for _ in range(calls):
+        for name in out:
+            if name == "started for the call":
+                IDLE_WORKERS.close()
+            start = time.perf_counter()
+            with DecodePool(SIZE, workers=workers, kind="processes") as pool:
+                results = list(pool.map(paths))
+            out[name].append(time.perf_counter() - start)
+            if any(r.error is not None for r in results):
+                raise RuntimeError("an image failed to decode")
+    IDLE_WORKERS.close()
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=512, help="images per pass (default 512)")
@@ -55,6 +80,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="64 images, 2 repeats")
     ap.add_argument("--workdir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"),
                                                       "featx-bench"))
+    ap.add_argument("--calls", type=int, default=15, help="short calls per start-up row")
+    ap.add_argument("--call-images", type=int, default=32)
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--doc", default=None)
     args = ap.parse_args(argv)
@@ -78,6 +105,13 @@ def main(argv=None) -> int:
         ratio = medians["processes", workers] / medians["threads", workers]
         rows.append([str(workers), f"{medians['threads', workers]:,.0f}",
                      f"{medians['processes', workers]:,.0f}", f"{ratio:.2f}×"])
+    startup = call_seconds(paths[:args.call_images], cores, args.calls)
+    cold, warm = (median(startup[k]) for k in startup)
+    for name, seconds in startup.items():
+        print(f"{name}: median {median(seconds) * 1000:,.0f} ms ({runs(seconds, 3)})",
+              flush=True)
+    startup_rows = [[name, f"{median(v) * 1000:,.0f}", f"{min(v) * 1000:,.0f}",
+                     f"{max(v) * 1000:,.0f}"] for name, v in startup.items()]
     body = "\n".join([
         "## Decode pool: threads vs worker processes (`bench_decode.py`)",
         "",
@@ -90,6 +124,16 @@ def main(argv=None) -> int:
         "pass (workers already started).",
         "",
         md_table(["workers", "threads img/s", "processes img/s", "processes ÷ threads"], rows),
+        "",
+        f"**Start-up**: one short call, a new process pool of {cores} workers decoding "
+        f"{args.call_images} of these images, {args.calls} calls each way, alternating "
+        "(milliseconds):",
+        "",
+        md_table(["workers", "median ms", "min ms", "max ms"], startup_rows),
+        "",
+        f"Kept workers make a short call {cold / warm:.1f}× faster: a finished pool leaves "
+        "its idle workers (up to one per core) to the next pool of the process; an aborted "
+        "one ends them.",
         "",
         "`pool=\"auto\"` takes threads below 4 cores. Processes pay where threads stop "
         "scaling: the Python glue around each image holds the GIL, which a 16-core GPU host "

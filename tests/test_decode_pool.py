@@ -140,6 +140,37 @@ def test_close_is_bounded_and_ends_every_worker(inputs):
         list(pending)
 
 
+def test_a_finished_pool_leaves_its_workers_to_the_next_and_an_aborted_one_ends_them(
+        inputs, monkeypatch):
+    from featx.engine._decode import IDLE_WORKERS
+
+    IDLE_WORKERS.close()
+    try:
+        with DecodePool(SIZE, workers=2, kind="processes") as first:
+            list(first.map(inputs[:4]))
+            pids = sorted(p.pid for p in first._procs.procs)
+        assert len(pids) == 2 and _wait_gone(pids, timeout_s=0.5) == pids  # still alive
+        # The next pool (a larger size: a larger slot) takes them, no interpreter started.
+        bigger = DecodePool((48, 40), workers=2, kind="processes")
+        results = list(bigger.map(inputs))
+        assert sorted(p.pid for p in bigger._procs.procs) == pids
+        for source, result in zip(inputs, results):
+            if result.error is None:
+                np.testing.assert_array_equal(result.pixels, decode_image(source, (48, 40)))
+        bigger.close(wait=False)  # aborted: its workers end instead of waiting
+        assert _wait_gone(pids) == [] and IDLE_WORKERS.workers == []
+        # Workers started under another environment are not reused (they decode by its rules).
+        with DecodePool(SIZE, workers=1, kind="processes") as pool:
+            list(pool.map(inputs[:1]))
+            kept = [p.pid for p in pool._procs.procs]
+        monkeypatch.setenv("FEATX_MAX_IMAGE_BYTES", "123456789")
+        with DecodePool(SIZE, workers=1, kind="processes") as pool:
+            list(pool.map(inputs[:1]))
+            assert [p.pid for p in pool._procs.procs] != kept
+    finally:
+        IDLE_WORKERS.close()
+
+
 def test_bad_arguments_are_refused_at_once():
     with pytest.raises(FeatxError, match="decode kind"):
         DecodePool(SIZE, kind="gpu")
@@ -189,9 +220,9 @@ CTRL_C_CHILD = textwrap.dedent("""
     import featx.engine._decode as decode
     original = decode._ProcessDecoders._start
     def start(self):  # tells the parent each worker's pid
-        proc = original(self)
+        proc, slot = original(self)
         print("WORKER", proc.pid, flush=True)
-        return proc
+        return proc, slot
     decode._ProcessDecoders._start = start
     def forward(self, pixels):  # the first forward tells the parent to press Ctrl-C
         print("FORWARD", flush=True)

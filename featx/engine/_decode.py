@@ -29,10 +29,18 @@ decoding, with a message that says so, and is replaced; Ctrl-C reaches the
 parent only (workers ignore SIGINT) and :meth:`DecodePool.close` ends them
 within seconds; a parent that dies closes the pipes, and workers exit at
 end-of-file, so none is ever orphaned.
+
+Worker processes outlive the pool that started them when it finishes cleanly
+(``close(wait=True)``): up to one per core wait, idle, for the next pool of
+this process, since starting an interpreter costs about 0.2 s, which an engine
+called in a loop (a notebook, a grid search on new images) would pay on every
+call. An aborted pool (``close(wait=False)``: an error, Ctrl-C) ends its
+workers; idle ones end at exit, or at end-of-file if this process dies.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import queue
 import subprocess
@@ -203,7 +211,7 @@ class DecodePool:
         self._closed = True
         self._threads.shutdown(wait=wait, cancel_futures=not wait)
         if self._procs is not None:
-            self._procs.close()
+            self._procs.close(keep=wait)
 
     def __enter__(self) -> "DecodePool":
         return self
@@ -231,6 +239,45 @@ def _payload(source):
 # ----------------------------------------------------------------- worker processes
 
 
+class _IdleWorkers:
+    """Worker processes kept between pools, ready for the next one of this process."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.workers: List[tuple] = []  # (pid of this process, env, proc, slot, slot bytes)
+
+    def put(self, env: dict, proc: subprocess.Popen, slot, slot_bytes: int) -> bool:
+        """Keep an idle worker (False: enough are kept, or it has died; the caller ends it)."""
+        with self.lock:
+            if proc.poll() is not None or len(self.workers) >= max(1, default_workers()):
+                return False
+            self.workers.append((os.getpid(), env, proc, slot, slot_bytes))
+            return True
+
+    def take(self, env: dict):
+        """``(proc, slot, slot bytes)`` of a live idle worker started with ``env``, or None."""
+        with self.lock:
+            for n, (pid, kept_env, proc, slot, slot_bytes) in enumerate(self.workers):
+                # A forked child must not share its parent's pipes; another env (say
+                # FEATX_MAX_IMAGE_BYTES) would decode by other rules.
+                if pid == os.getpid() and kept_env == env and proc.poll() is None:
+                    del self.workers[n]
+                    return proc, slot, slot_bytes
+        return None
+
+    def close(self) -> None:
+        with self.lock:
+            workers, self.workers = self.workers, []
+        for pid, _, proc, _, _ in workers:
+            if pid == os.getpid():
+                _stop(proc)
+
+
+#: Idle worker processes of this process (see the module docstring).
+IDLE_WORKERS = _IdleWorkers()
+atexit.register(IDLE_WORKERS.close)
+
+
 class _ProcessDecoders:
     """Worker interpreters fed over pipes; one feeder thread per worker in this process.
 
@@ -247,6 +294,12 @@ class _ProcessDecoders:
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.procs: List[subprocess.Popen] = []
+        self.keep = False  # set by close(keep=True): idle workers go to IDLE_WORKERS
+        env = dict(os.environ)
+        # The worker must find this featx, also when it runs from a source tree.
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        self.env = env
         self.feeders = [threading.Thread(target=self._feed, name=f"featx-decode-proc-{i}",
                                          daemon=True) for i in range(n)]
         for thread in self.feeders:
@@ -257,19 +310,22 @@ class _ProcessDecoders:
         self.jobs.put((job, future))
         return future
 
-    def _start(self) -> subprocess.Popen:
-        env = dict(os.environ)
-        # The worker must find this featx, also when it runs from a source tree.
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        proc = subprocess.Popen([sys.executable, "-m", "featx._decode_worker"],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
-                                close_fds=True)
+    def _start(self):
+        """A worker and its slot: an idle one kept from an earlier pool, or a new one."""
+        kept = IDLE_WORKERS.take(self.env)
+        if kept is not None:
+            proc, slot, slot_bytes = kept
+        else:
+            proc = subprocess.Popen([sys.executable, "-m", "featx._decode_worker"],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    env=self.env, close_fds=True)
         with self.lock:
             if self.stopping.is_set():
                 proc.kill()
             self.procs.append(proc)
-        return proc
+        if kept is None or slot_bytes < self.slot_bytes:
+            slot = self._share_slot(proc)
+        return proc, slot
 
     def _share_slot(self, proc: subprocess.Popen):
         """A file both processes map, deleted at once: it outlives neither of them."""
@@ -305,16 +361,22 @@ class _ProcessDecoders:
             frame = self._take_frame()
             if frame:
                 worker = self._run(worker, frame)
-        if worker[0] is not None:
-            _stop(worker[0])
+        proc, slot = worker
+        if proc is None:
+            return
+        # Between frames here, so the worker is idle: keep it when the pool finished.
+        if self.keep and IDLE_WORKERS.put(self.env, proc, slot, len(slot)):
+            with self.lock:
+                self.procs.remove(proc)
+        else:
+            _stop(proc)
 
     def _run(self, worker, frame):
         """Decode one frame on ``worker`` (started if needed); the worker in use after."""
         proc, slot = worker
         try:
             if proc is None or proc.poll() is not None:
-                proc = self._start()
-                slot = self._share_slot(proc)
+                proc, slot = self._start()
             for (_, future), result in zip(frame, self._ask(proc, slot, [j for j, _ in frame])):
                 future.set_result(result)
             return proc, slot
@@ -352,7 +414,9 @@ class _ProcessDecoders:
             results.append(DecodeResult(pixels, error, seconds))
         return results
 
-    def close(self) -> None:
+    def close(self, keep: bool = False) -> None:
+        """Stop feeding; ``keep``: idle workers wait for the next pool instead of ending."""
+        self.keep = keep
         self.stopping.set()
         while True:  # fail what is still queued, so no caller waits for it
             try:
