@@ -251,6 +251,19 @@ def test_dim_mismatch_refused(path):
     assert store.count(FP) == 4
 
 
+def test_a_read_given_the_spec_refuses_a_foreign_group_in_the_same_open(path):
+    store = EmbeddingStore(path)
+    k = rand_keys(4)
+    store.put(FP, k, vectors_for(k, dim=16), spec=SPEC)
+    vectors, found = store.get(FP, k, spec=SPEC, dim=16)
+    assert found.all() and vectors.shape == (4, 16)
+    with pytest.raises(FingerprintMismatchError, match="input_size: stored 64, given 96"):
+        store.get(FP, k, spec=dict(SPEC, input_size=96), dim=16)
+    with pytest.raises(FingerprintMismatchError, match="16-dimensional.*8-dimensional"):
+        store.get(FP, k, spec=SPEC, dim=8)
+    assert store.get(FP2, k, spec=SPEC, dim=16)[1].sum() == 0  # no group: nothing to refuse
+
+
 def test_storage_dtype_mismatch_refused(path):
     k = rand_keys(4)
     EmbeddingStore(path, dtype="float16").put(FP, k, vectors_for(k), spec=SPEC)

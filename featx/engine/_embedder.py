@@ -335,7 +335,8 @@ class Embedder:
 
         A grid search calls the engine once per fold and candidate on images it
         has embedded before: starting reader threads, a producer and a queue for
-        them cost ~8 ms + 85 µs per image. Here: a stat per file, one store read.
+        them cost ~8 ms + 85 µs per image. Here: a stat per file, one store read
+        (the group's spec checked in the same open).
         """
         decoder = resolve_decoder(self.decoder)
         fp, spec = self._group(decoder)
@@ -360,16 +361,14 @@ class Embedder:
                     return None
         todo = plan(keys)
         if writable:
-            store.check_compatible(fp, spec, self.backbone.dim)
-            vectors, found = store.get(fp, todo.keys)
+            vectors, found = store.get(fp, todo.keys, spec=spec, dim=self.backbone.dim)
             if not found.all():
                 return None
         else:
             unique = [todo.key(u) for u in range(len(todo.keys))]
             vectors = [MEMO.get(fp, key) for key in unique]
             if store is not None and any(v is None for v in vectors):
-                store.check_compatible(fp, spec, self.backbone.dim)
-                stored, found = store.get(fp, unique)
+                stored, found = store.get(fp, unique, spec=spec, dim=self.backbone.dim)
                 vectors = [stored[i] if v is None and found[i] else v
                            for i, v in enumerate(vectors)]
             if any(v is None for v in vectors):

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -15,7 +15,7 @@ import numpy as np
 from featx.errors import StoreError
 
 from . import _layout
-from ._format import _FP_RE, _KEY_READ_ROWS, _ROOT, _as_keys, _check_fp, _void
+from ._format import _FP_RE, _KEY_READ_ROWS, _ROOT, _as_keys, _canonical_spec, _check_fp, _void
 from ._index import _KeyIndex
 
 
@@ -174,7 +174,8 @@ class StoreReads:
         return np.zeros(len(q), dtype=bool) if idx is None else idx.contains(q)
 
     def get(
-        self, fingerprint: str, keys: Sequence[bytes] | np.ndarray
+        self, fingerprint: str, keys: Sequence[bytes] | np.ndarray,
+        spec: Mapping[str, Any] | None = None, dim: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Vectors of ``keys`` as float32, NaN rows where a key is absent.
 
@@ -183,6 +184,10 @@ class StoreReads:
         fingerprint : str
             Backbone fingerprint.
         keys : sequence of 32-byte bytes, or (n, 32) uint8 array
+        spec, dim : optional
+            When given, the group is checked as :meth:`check_compatible` checks it,
+            in the same read (one file open instead of two: the engine's all-hit
+            path reads a cached set this way once per call).
 
         Returns
         -------
@@ -194,6 +199,8 @@ class StoreReads:
         ------
         StoreError
             If a row's checksum does not match (``verify_reads=True``) or the file is damaged.
+        FingerprintMismatchError
+            With ``spec``: the group was stored with another spec or ``dim``.
 
         Notes
         -----
@@ -222,6 +229,8 @@ class StoreReads:
             g = self._group(f, fp)
             if g is None:
                 return np.full((n, 0), np.nan, np.float32), np.zeros(n, bool)
+            if spec is not None:
+                self._check_compatible(g, fp, _canonical_spec(spec)[0], dim, check_dtype=False)
             meta = self._meta(g)
             rows = self._index(g, fp, meta).lookup(kv)
             found = rows >= 0
