@@ -76,6 +76,8 @@ FRAME_IMAGES = 8
 
 _STOP_TIMEOUT_S = 5.0
 _POLL_S = 0.25
+#: Put in the job queue by close(), once per feeder, so none waits out its poll.
+_WAKE = object()
 
 
 def choose_pool(pool: str, n_images: int, workers: int) -> str:
@@ -344,15 +346,22 @@ class _ProcessDecoders:
     def _take_frame(self) -> list:
         """The next frame of ``(job, future)`` pairs, each future marked running."""
         try:
-            frame = [self.jobs.get(timeout=_POLL_S)]
+            first = self.jobs.get(timeout=_POLL_S)
         except queue.Empty:
             return []
+        if first is _WAKE:  # close(): stop waiting for work
+            return []
+        frame = [first]
         share = min(FRAME_IMAGES, max(1, -(-(self.jobs.qsize() + 1) // self.n)))
         while len(frame) < share:
             try:
-                frame.append(self.jobs.get_nowait())
+                item = self.jobs.get_nowait()
             except queue.Empty:
                 break
+            if item is _WAKE:  # another feeder's: hand it on
+                self.jobs.put(_WAKE)
+                break
+            frame.append(item)
         return [(job, future) for job, future in frame if future.set_running_or_notify_cancel()]
 
     def _feed(self) -> None:
@@ -420,11 +429,16 @@ class _ProcessDecoders:
         self.stopping.set()
         while True:  # fail what is still queued, so no caller waits for it
             try:
-                _, future = self.jobs.get_nowait()
+                item = self.jobs.get_nowait()
             except queue.Empty:
                 break
+            if item is _WAKE:
+                continue
+            _, future = item
             if future.set_running_or_notify_cancel():
                 future.set_exception(FeatxError("the decode pool was closed"))
+        for _ in self.feeders:  # a feeder waiting for work sees the stop at once, not in 0.25 s
+            self.jobs.put(_WAKE)
         deadline = time.monotonic() + _STOP_TIMEOUT_S
         for thread in self.feeders:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
