@@ -393,6 +393,14 @@ def test_featx_audit_on_a_flat_folder_checks_duplicates_only(folder, tmp_path):
     findings = json.loads(done.stdout)
     assert findings["summary"]["exact_pairs"] == 1 and findings["label_issues"] == []
     assert findings["duplicates"][0]["relation"] == "within set"
+    assert findings["calibration"]["verified"] and findings["summary"]["pixel_threshold"] > 0
+    # --no-verify: cosine alone, and the JSON says so.
+    loose = run("audit", flat, "--out", tmp_path / "out", "-b", "mobilenet_v2", "--weights",
+                "none", "--input-size", 32, "--runtime", "keras", "--threshold", "0.0",
+                "--no-verify", "--json")
+    assert loose.returncode == 0, loose.stderr
+    loose = json.loads(loose.stdout)
+    assert loose["calibration"]["verified"] is False and loose["summary"]["near_pairs"] > 3
 
 
 def test_too_many_folds_name_the_classes_that_are_too_small(leaky):

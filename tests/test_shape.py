@@ -214,6 +214,9 @@ def test_each_engine_stage_exists_once(stage, call, home):
     # the audit's calibration: full-size pixels to make near copies of, which then go
     # through the engine like any image (one decoder, not a second one written with PIL)
     callers.discard("featx.quality._checks")
+    # the near-duplicate verifier: 64 px thumbnails of candidate pairs, compared as pixels
+    # (no model sees them; the engine's pool would cost a batch per pair)
+    callers.discard("featx.quality._verify")
     assert callers <= home, f"{stage}: {call}() called from {sorted(callers - home)}"
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from functools import lru_cache
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -209,8 +209,10 @@ def copy_score(a: np.ndarray, b: np.ndarray) -> float:
 
 #: Look-alikes averaged into the template a pair is compared against.
 TEMPLATE_NEIGHBOURS = 10
-#: Images whose grey crops are kept between pairs (0.4 MB each).
+#: Images whose grey crops are kept between pairs (0.1 MB each).
 _CROPS_KEPT = 256
+#: Images whose neighbours' summed grids are kept between pairs (12 KB each).
+_SUMS_KEPT = 4096
 
 
 class PixelVerifier:
@@ -256,6 +258,7 @@ class PixelVerifier:
         self.neighbours = neighbours
         self._thumbs: Dict[int, Optional[_Prepared]] = {}
         self._crops: "OrderedDict[int, np.ndarray]" = OrderedDict()
+        self._sums: "OrderedDict[int, Tuple[np.ndarray, List[int]]]" = OrderedDict()
         self.failed = 0
 
     def _prepared(self, i: int) -> Optional[_Prepared]:
@@ -277,19 +280,42 @@ class PixelVerifier:
             self._crops.popitem(last=False)
         return crops
 
+    def _neighbourhood(self, i: int) -> Tuple[np.ndarray, List[int]]:
+        """Sum of the colour grids of ``i``'s decodable neighbours, and who they are."""
+        kept = self._sums.pop(i, None)
+        if kept is None:
+            ids, total = [], np.zeros(3 * VERIFY_SIZE ** 2, np.float32)
+            for j in self.neighbours[i][:TEMPLATE_NEIGHBOURS + 1]:
+                prepared = self._prepared(int(j)) if j >= 0 and j != i else None
+                if prepared is not None and len(ids) < TEMPLATE_NEIGHBOURS:
+                    ids.append(int(j))
+                    total += prepared.colour_whole
+            kept = (total, ids)
+        self._sums[i] = kept
+        if len(self._sums) > _SUMS_KEPT:
+            self._sums.popitem(last=False)
+        return kept
+
     def template(self, members: Sequence[int]) -> Optional[np.ndarray]:
-        """Mean colour grid of the members' nearest neighbours, the members left out."""
+        """Mean colour grid of up to :data:`TEMPLATE_NEIGHBOURS` of the members' nearest
+        neighbours (the first member's first, topped up from the others'), the members
+        left out."""
         if self.neighbours is None:
             return None
-        chosen: List[int] = []
-        for m in members:
-            for j in self.neighbours[m]:
-                j = int(j)
-                if j >= 0 and j not in members and j not in chosen:
-                    chosen.append(j)
-        grids = [p.colour_whole for p in map(self._prepared, chosen[:TEMPLATE_NEIGHBOURS])
-                 if p is not None]
-        return np.mean(grids, axis=0) if grids else None
+        members = [int(m) for m in members]
+        total, ids = self._neighbourhood(members[0])
+        left_out = [j for j in ids if j in members]
+        ids = [j for j in ids if j not in members]
+        if left_out:
+            total = total - sum(self._thumbs[j].colour_whole for j in left_out)
+        for m in members[1:]:
+            for j in self._neighbourhood(m)[1]:
+                if len(ids) >= TEMPLATE_NEIGHBOURS:
+                    break
+                if j not in members and j not in ids:
+                    ids.append(j)
+                    total = total + self._thumbs[j].colour_whole
+        return total / len(ids) if ids else None
 
     def score(self, i: int, j: int) -> float:
         """The copy score of images ``i`` and ``j``; NaN when either does not decode."""

@@ -144,8 +144,10 @@ def _summary_html(result) -> str:
     s = result.summary()
     cal = result.calibration
     how = ("" if cal is None else
-           f" (cosine ≥ {cal.threshold:.4f}, " + ("given" if cal.given else
-           f"calibrated on {len(cal.copies)} generated copies of this dataset's images") + ")")
+           f" (cosine ≥ {cal.threshold:.4f}"
+           + (f" and pixels matching ≥ {cal.pixel_threshold:.4f}" if cal.verified else "")
+           + ", " + ("cosine given" if cal.given else "calibrated on "
+                     f"{len(cal.copies)} generated copies of this dataset's images") + ")")
     rows = [{"check": "images audited", "found": s["images"]},
             {"check": "exact duplicate pairs (same bytes or pixels)", "found": s["exact_pairs"]},
             {"check": f"near-duplicate pairs{how}", "found": s["near_pairs"]},
@@ -235,12 +237,27 @@ def write_audit_report(out_dir, result, *, title: str = "featx audit",
     dup = result.duplicates
     parts.append(f"<h2>Duplicates and leakage ({len(dup)} pairs)</h2>")
     cal = result.calibration
-    if cal is not None and not cal.given:
+    if cal is not None and cal.verified and len(cal.pixel_copies):
+        c = cal.summary()
+        raised = (" The pixel threshold was raised above the copies' 2 % quantile because "
+                  "many distinct images of this dataset match as well as copies: expect to "
+                  "miss some copies." if c["raised"] else "")
+        parts.append(f'<p class="small">Candidates: pairs of nearest neighbours with cosine '
+                     f'≥ {c["threshold"]:.4f}; reported when their pixels, less what their '
+                     f'look-alikes share, match ≥ {c["pixel_threshold"]:.4f}. Together they '
+                     f"find {100 * c['copy_recall']:.0f} % of {c['pairs']} generated copies "
+                     "(cropped ≤ 5 %, resized ±10 %, JPEG quality 60–90) of this dataset's "
+                     f"images (median pixel score {c['pixel_copies_median']:.3f}); an image "
+                     "and its nearest distinct image score "
+                     f"{c['pixel_distinct_median']:.3f} at the median. "
+                     f"{stats.get('duplicate_verified', 0):,} candidates verified.{raised}</p>")
+    elif cal is not None and not cal.given:
         c = cal.summary()
         raised = (" It was raised above the copies' 2 % quantile because this backbone "
                   "finds many distinct images of this dataset as similar as copies: expect "
                   "to miss some copies." if c["raised"] else "")
-        parts.append(f'<p class="small">Threshold {c["threshold"]:.4f}: it finds '
+        parts.append(f'<p class="small">Threshold {c["threshold"]:.4f} (cosine only, '
+                     f"not verified on pixels): it finds "
                      f"{100 * c['copy_recall']:.0f} % of {c['pairs']} generated copies "
                      "(cropped ≤ 5 %, resized ±10 %, JPEG quality 60–90) of this dataset's "
                      f"images (their median similarity {c['copies_median']:.4f}); an image's "
@@ -252,8 +269,8 @@ def write_audit_report(out_dir, result, *, title: str = "featx audit",
         parts.append(_img("pairs.png", figures["pairs.png"], "duplicate pairs"))
         parts.append(_means("pairs"))
         parts.append(_table(dup.head(200).to_dict("records"),
-                            ["relation", "kind", "similarity", "source_a", "label_a",
-                             "source_b", "label_b"],
+                            ["relation", "kind", "similarity", "pixel_score", "source_a",
+                             "label_a", "source_b", "label_b"],
                             left=["relation", "kind", "source_a", "label_a", "source_b",
                                   "label_b"], digits=4))
     else:
