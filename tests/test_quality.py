@@ -262,6 +262,28 @@ def test_audit_finds_exact_leakage_across_the_split_and_the_flipped_label(leaky,
     assert again.calibration.threshold == pytest.approx(result.calibration.threshold)
 
 
+def test_candidates_past_the_verification_limit_are_counted_not_reported(monkeypatch):
+    import featx.quality._checks as checks
+
+    monkeypatch.setattr(checks, "MAX_VERIFIED", 2)
+    unit = unit_rows(np.random.RandomState(0).randn(12, 4))
+    split, fold = np.array(["train"] * 12), np.zeros(12, int)
+    asked, counts = [], {}
+
+    def verify(pairs):
+        asked.extend(pairs)
+        return np.ones(len(pairs))
+
+    pairs = checks.duplicate_pairs([bytes([i]) * 32 for i in range(12)], unit, -1.0, split,
+                                   fold, k=3, verify=verify, pixel_threshold=0.5, stats=counts)
+    assert len(asked) == len(pairs) == 2 and counts["verified"] == 2
+    assert counts["beyond_verify_limit"] == counts["candidates"] - 2 > 0
+    # the most similar candidates are the ones verified: here the two most similar pairs
+    everything = np.sort([unit[a] @ unit[b] for a in range(12) for b in range(a + 1, 12)])
+    np.testing.assert_allclose(sorted(p["similarity"] for p in pairs), everything[-2:],
+                               rtol=1e-5)
+
+
 def test_pixel_verification_keeps_the_copies_and_drops_the_look_alikes(leaky):
     train, y, test, y_test = leaky
     copy = near_copy(np.asarray(Image.fromarray(train[21]).resize((80, 80))),

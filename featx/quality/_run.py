@@ -403,6 +403,10 @@ def _duplicates_step(a: _Audited, threshold, verify, k, calibration_pairs, rando
                             verify=None if verifier is None else verifier.scores,
                             pixel_threshold=calibration.pixel_threshold, stats=counts)
     a.embed_stats.update({f"duplicate_{name}": n for name, n in counts.items()})
+    if counts.get("beyond_verify_limit"):
+        log.warning("featx audit: %d near-duplicate candidates were not verified (the %d most "
+                    "similar were); pass a higher threshold= to verify fewer",
+                    counts["beyond_verify_limit"], counts["verified"])
     for p in pairs:
         p["a"], p["b"] = int(a.kept[p["a"]]), int(a.kept[p["b"]])
     return calibration, pairs

@@ -250,7 +250,11 @@ def write_audit_report(out_dir, result, *, title: str = "featx audit",
                      f"images (median pixel score {c['pixel_copies_median']:.3f}); an image "
                      "and its nearest distinct image score "
                      f"{c['pixel_distinct_median']:.3f} at the median. "
-                     f"{stats.get('duplicate_verified', 0):,} candidates verified.{raised}</p>")
+                     f"{stats.get('duplicate_verified', 0):,} candidates verified"
+                     + (f" ({stats['duplicate_beyond_verify_limit']:,} less similar ones were "
+                        "not: the limit is MAX_VERIFIED)"
+                        if stats.get("duplicate_beyond_verify_limit") else "")
+                     + f".{raised}</p>")
     elif cal is not None and not cal.given:
         c = cal.summary()
         raised = (" It was raised above the copies' 2 % quantile because this backbone "
