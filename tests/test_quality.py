@@ -188,6 +188,28 @@ def test_copy_score_tells_near_copies_from_look_alikes_on_real_photos(tmp_path, 
     assert verifier.failed == 1
 
 
+def test_verification_in_worker_processes_scores_as_one_process_does(monkeypatch, tmp_path):
+    import featx.quality._verify as verify
+
+    rng = np.random.RandomState(3)
+    images = [np.asarray(Image.fromarray(rng.randint(0, 255, (12, 12, 3)).astype(np.uint8))
+                         .resize((60, 60))) for _ in range(16)]
+    images[5] = images[4][2:, 1:]  # a crop among them
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(image).save(paths[-1])
+    paths[7] = str(tmp_path / "gone.png")  # unreadable: NaN either way
+    neighbours = nearest(unit_rows(np.stack([thumbnail(im) for im in images]).reshape(16, -1)),
+                         4)[1]
+    pairs = [(i, j) for i in range(16) for j in range(i + 1, 16)]
+    alone = verify.PixelVerifier(paths.__getitem__, neighbours).scores(pairs)
+    monkeypatch.setattr(verify, "PARALLEL_PAIRS", 10)
+    spread = verify.verify_pairs(paths.__getitem__, neighbours, pairs, n_jobs=2)
+    np.testing.assert_allclose(spread, alone, rtol=1e-6)
+    assert np.isnan(spread[pairs.index((4, 7))]) and spread[pairs.index((4, 5))] > 0.9
+
+
 def test_calibration_with_pixels_keeps_candidates_wide_and_the_pixel_threshold_guarded():
     cosine = np.linspace(0.80, 0.99, 200)  # copies a backbone confuses with look-alikes
     cal = calibrate(cosine, np.linspace(0.7, 0.97, 200), pixel_copies=np.linspace(0.99, 1, 200),

@@ -18,11 +18,12 @@ from ._checks import (CANDIDATE_QUANTILE, COPY_QUANTILE, LEAKING, MAX_DISTINCT_A
                       relation)
 from ._neighbours import nearest, neighbour_backend, unit_rows
 from ._run import CHECKS, AuditResult, Match, audit, audit_baseline, similar
-from ._verify import MAX_CROP, VERIFY_SIZE, PixelVerifier, copy_score, thumbnail
+from ._verify import (MAX_CROP, PARALLEL_PAIRS, VERIFY_SIZE, PixelVerifier, copy_score,
+                      thumbnail, verify_pairs)
 
 __all__ = ["audit", "audit_baseline", "AuditResult", "similar", "Match", "CHECKS",
            "Calibration", "calibrate", "COPY_QUANTILE", "CANDIDATE_QUANTILE",
            "MAX_DISTINCT_ABOVE", "MAX_VERIFIED", "LEAKING", "PixelVerifier", "copy_score",
-           "thumbnail", "VERIFY_SIZE", "MAX_CROP",
+           "thumbnail", "VERIFY_SIZE", "MAX_CROP", "verify_pairs", "PARALLEL_PAIRS",
            "duplicate_pairs", "label_budget", "label_issues", "near_copy", "project_2d",
            "relation", "nearest", "neighbour_backend", "unit_rows"]

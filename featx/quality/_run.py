@@ -21,7 +21,7 @@ from ..images import as_sources
 from ._checks import (LEAKING, Calibration, calibrate, duplicate_pairs, label_budget,
                       label_issues, near_copy, original_pixels, project_2d)
 from ._neighbours import nearest, neighbour_backend, unit_rows
-from ._verify import PixelVerifier
+from ._verify import PixelVerifier, verify_pairs
 
 __all__ = ["audit", "audit_baseline", "AuditResult", "similar", "Match", "CHECKS"]
 
@@ -236,9 +236,11 @@ def audit(sources, y=None, *, test=None, backbone: str = "efficientnet_lite0", c
     k : int, default 10
         Neighbours examined per image for near duplicates.
     n_jobs : int, optional
-        Worker processes for the out-of-fold and label-budget fits. Default: every
-        core from :data:`PARALLEL_FROM` training images on, one process below
-        (starting workers costs more than small fits).
+        Worker processes for the out-of-fold and label-budget fits and the pixel
+        verification. Default: every core from :data:`PARALLEL_FROM` training
+        images on, one process below (starting workers costs more than small
+        fits); the verification takes every core from
+        :data:`~featx.quality.PARALLEL_PAIRS` candidates on.
 
     Returns
     -------
@@ -271,7 +273,7 @@ def audit(sources, y=None, *, test=None, backbone: str = "efficientnet_lite0", c
     if "duplicates" in checks:
         t = time.perf_counter()
         calibration, pairs = _duplicates_step(a, threshold, verify, k, calibration_pairs,
-                                              random_state)
+                                              random_state, -1 if n_jobs is None else n_jobs)
         a.seconds["duplicates"] = time.perf_counter() - t
 
     # Out-of-fold probabilities (given, or from `head` on the same folds), label issues.
@@ -386,11 +388,22 @@ def _embed_step(sources, y, test, backbone, settings, cv, random_state, progress
     return a
 
 
-def _duplicates_step(a: _Audited, threshold, verify, k, calibration_pairs, random_state):
+class _Loader:
+    """Image ``p`` of the embedded ones (a position in ``kept``): picklable, for workers."""
+
+    def __init__(self, items, kept):
+        self.items, self.kept = items, kept
+
+    def __call__(self, p: int):
+        return self.items[int(self.kept[p])]
+
+
+def _duplicates_step(a: _Audited, threshold, verify, k, calibration_pairs, random_state,
+                     n_jobs):
     """(Calibration, pairs with source indices) of the exact and near duplicates."""
     sims, idx = nearest(a.unit, k)
-    verifier = (PixelVerifier(lambda p: a.items[int(a.kept[p])], neighbours=idx)
-                if verify else None)
+    load = _Loader(a.items, a.kept)
+    verifier = PixelVerifier(load, neighbours=idx) if verify else None
     if threshold is None or verifier is not None:
         calibration, copy_stats = _calibrate(a, sims, idx, calibration_pairs, random_state,
                                              verifier, threshold)
@@ -400,7 +413,8 @@ def _duplicates_step(a: _Audited, threshold, verify, k, calibration_pairs, rando
     counts: dict = {}
     pairs = duplicate_pairs(a.keys, a.unit, calibration.threshold, a.split[a.kept],
                             a.fold[a.kept], k, neighbours=(sims, idx),
-                            verify=None if verifier is None else verifier.scores,
+                            verify=None if verifier is None
+                            else (lambda pairs: verify_pairs(load, idx, pairs, n_jobs)),
                             pixel_threshold=calibration.pixel_threshold, stats=counts)
     a.embed_stats.update({f"duplicate_{name}": n for name, n in counts.items()})
     if counts.get("beyond_verify_limit"):

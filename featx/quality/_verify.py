@@ -25,8 +25,8 @@ from ..errors import ImageDecodeError
 
 log = logging.getLogger("featx")
 
-__all__ = ["VERIFY_SIZE", "MAX_CROP", "TEMPLATE_NEIGHBOURS", "copy_score", "thumbnail",
-           "PixelVerifier"]
+__all__ = ["VERIFY_SIZE", "MAX_CROP", "TEMPLATE_NEIGHBOURS", "PARALLEL_PAIRS", "copy_score",
+           "thumbnail", "PixelVerifier", "verify_pairs"]
 
 #: Side of the square grid two candidates are compared on.
 VERIFY_SIZE = 32
@@ -351,3 +351,47 @@ class PixelVerifier:
                 b = _Prepared(thumbnail(pixels))
                 out[n] = _match(a, b, self._crops_of(int(i), a), b.crops(), template)
         return out
+
+
+#: Candidates from which :func:`verify_pairs` spreads the work over processes: below,
+#: starting workers (and decoding thumbnails in each) costs more than it saves.
+PARALLEL_PAIRS = 5000
+
+
+def _score_chunk(load, neighbours, pairs) -> np.ndarray:
+    return PixelVerifier(load, neighbours).scores(pairs)
+
+
+def verify_pairs(load: Callable[[int], object], neighbours: Optional[np.ndarray], pairs,
+                 n_jobs=1) -> np.ndarray:
+    """Copy scores of ``pairs`` as :meth:`PixelVerifier.scores` gives them, in ``n_jobs``
+    worker processes (joblib) from :data:`PARALLEL_PAIRS` pairs on.
+
+    The pairs are sorted and cut into one contiguous run per worker, so each worker
+    decodes the thumbnails of its own stretch of images. An image that does not decode
+    scores NaN as it would in one process (its warning is logged by the worker).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featx.quality import verify_pairs
+    >>> images = [np.random.RandomState(i).randint(0, 255, (40, 40, 3)).astype(np.uint8)
+    ...           for i in range(3)]
+    >>> scores = verify_pairs(images.__getitem__, None, [(0, 0), (0, 1)])
+    >>> bool(scores[0] > 0.99), bool(scores[1] < 0.5)
+    (True, True)
+    """
+    from joblib import Parallel, delayed, effective_n_jobs
+
+    pairs = [(int(i), int(j)) for i, j in pairs]
+    workers = effective_n_jobs(n_jobs)
+    if workers <= 1 or len(pairs) < PARALLEL_PAIRS:
+        return PixelVerifier(load, neighbours).scores(pairs)
+    order = sorted(range(len(pairs)), key=pairs.__getitem__)
+    runs = [run for run in np.array_split(np.asarray(order), workers) if len(run)]
+    scored = Parallel(n_jobs=workers)(
+        delayed(_score_chunk)(load, neighbours, [pairs[n] for n in run]) for run in runs)
+    out = np.full(len(pairs), np.nan)
+    for run, scores in zip(runs, scored):
+        out[run] = scores
+    return out
