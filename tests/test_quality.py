@@ -205,7 +205,8 @@ def test_verification_in_worker_processes_scores_as_one_process_does(monkeypatch
     pairs = [(i, j) for i in range(16) for j in range(i + 1, 16)]
     alone = verify.PixelVerifier(paths.__getitem__, neighbours).scores(pairs)
     monkeypatch.setattr(verify, "PARALLEL_PAIRS", 10)
-    spread = verify.verify_pairs(paths.__getitem__, neighbours, pairs, n_jobs=2)
+    spread = verify.verify_pairs(verify.PixelVerifier(paths.__getitem__, neighbours), pairs,
+                                 n_jobs=2)
     np.testing.assert_allclose(spread, alone, rtol=1e-6)
     assert np.isnan(spread[pairs.index((4, 7))]) and spread[pairs.index((4, 5))] > 0.9
 

@@ -246,31 +246,31 @@ class _IdleWorkers:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.workers: List[tuple] = []  # (pid of this process, env, proc, slot, slot bytes)
+        self.workers: List[tuple] = []  # (pid of this process, env, proc, slot)
 
-    def put(self, env: dict, proc: subprocess.Popen, slot, slot_bytes: int) -> bool:
+    def put(self, env: dict, proc: subprocess.Popen, slot) -> bool:
         """Keep an idle worker (False: enough are kept, or it has died; the caller ends it)."""
         with self.lock:
             if proc.poll() is not None or len(self.workers) >= max(1, default_workers()):
                 return False
-            self.workers.append((os.getpid(), env, proc, slot, slot_bytes))
+            self.workers.append((os.getpid(), env, proc, slot))
             return True
 
     def take(self, env: dict):
-        """``(proc, slot, slot bytes)`` of a live idle worker started with ``env``, or None."""
+        """``(proc, slot)`` of a live idle worker started with ``env``, or None."""
         with self.lock:
-            for n, (pid, kept_env, proc, slot, slot_bytes) in enumerate(self.workers):
+            for n, (pid, kept_env, proc, slot) in enumerate(self.workers):
                 # A forked child must not share its parent's pipes; another env (say
                 # FEATX_MAX_IMAGE_BYTES) would decode by other rules.
                 if pid == os.getpid() and kept_env == env and proc.poll() is None:
                     del self.workers[n]
-                    return proc, slot, slot_bytes
+                    return proc, slot
         return None
 
     def close(self) -> None:
         with self.lock:
             workers, self.workers = self.workers, []
-        for pid, _, proc, _, _ in workers:
+        for pid, _, proc, _ in workers:
             if pid == os.getpid():
                 _stop(proc)
 
@@ -316,7 +316,7 @@ class _ProcessDecoders:
         """A worker and its slot: an idle one kept from an earlier pool, or a new one."""
         kept = IDLE_WORKERS.take(self.env)
         if kept is not None:
-            proc, slot, slot_bytes = kept
+            proc, slot = kept
         else:
             proc = subprocess.Popen([sys.executable, "-m", "featx._decode_worker"],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -325,7 +325,7 @@ class _ProcessDecoders:
             if self.stopping.is_set():
                 proc.kill()
             self.procs.append(proc)
-        if kept is None or slot_bytes < self.slot_bytes:
+        if kept is None or len(slot) < self.slot_bytes:
             slot = self._share_slot(proc)
         return proc, slot
 
@@ -374,7 +374,7 @@ class _ProcessDecoders:
         if proc is None:
             return
         # Between frames here, so the worker is idle: keep it when the pool finished.
-        if self.keep and IDLE_WORKERS.put(self.env, proc, slot, len(slot)):
+        if self.keep and IDLE_WORKERS.put(self.env, proc, slot):
             with self.lock:
                 self.procs.remove(proc)
         else:

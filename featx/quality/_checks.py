@@ -54,12 +54,9 @@ def original_pixels(source) -> np.ndarray:
     """
     from ..images import decode_image, decode_image_with_info
 
-    if getattr(source, "array", None) is not None:
-        source = source.array
-    elif getattr(source, "path", None) is not None:
-        source = source.path
-    if isinstance(source, np.ndarray):
-        size = source.shape[:2]
+    array = getattr(source, "array", source)  # a Source, or what one is made from
+    if isinstance(array, np.ndarray):
+        size = array.shape[:2]
     else:  # the header's size, turned as the EXIF orientation turns the pixels
         _, info = decode_image_with_info(source, (1, 1))
         size = info.stored_size[::-1] if info.orientation in (5, 6, 7, 8) else info.stored_size

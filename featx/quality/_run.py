@@ -402,8 +402,7 @@ def _duplicates_step(a: _Audited, threshold, verify, k, calibration_pairs, rando
                      n_jobs):
     """(Calibration, pairs with source indices) of the exact and near duplicates."""
     sims, idx = nearest(a.unit, k)
-    load = _Loader(a.items, a.kept)
-    verifier = PixelVerifier(load, neighbours=idx) if verify else None
+    verifier = PixelVerifier(_Loader(a.items, a.kept), neighbours=idx) if verify else None
     if threshold is None or verifier is not None:
         calibration, copy_stats = _calibrate(a, sims, idx, calibration_pairs, random_state,
                                              verifier, threshold)
@@ -414,7 +413,7 @@ def _duplicates_step(a: _Audited, threshold, verify, k, calibration_pairs, rando
     pairs = duplicate_pairs(a.keys, a.unit, calibration.threshold, a.split[a.kept],
                             a.fold[a.kept], k, neighbours=(sims, idx),
                             verify=None if verifier is None
-                            else (lambda pairs: verify_pairs(load, idx, pairs, n_jobs)),
+                            else (lambda pairs: verify_pairs(verifier, pairs, n_jobs)),
                             pixel_threshold=calibration.pixel_threshold, stats=counts)
     a.embed_stats.update({f"duplicate_{name}": n for name, n in counts.items()})
     if counts.get("beyond_verify_limit"):
