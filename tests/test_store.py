@@ -549,6 +549,29 @@ def test_verify_detects_bit_flips(full_store):
         EmbeddingStore(store.path).get(FP, k)  # reads check row checksums too
 
 
+def test_each_row_checksum_is_verified_once_per_object_and_group(path):
+    # The engine's all-hit path reads the same rows once per fold and candidate; a
+    # row's checksum is verified the first time this object reads it, so damage to a
+    # row it never read is still caught, and a re-created group is checked afresh.
+    k = rand_keys(8)
+    store = EmbeddingStore(path)
+    store.put(FP, k, vectors_for(k), spec=SPEC)
+    store.get(FP, k[:4])  # rows 0-3 verified by this object
+    with h5py.File(path, "r+") as f:
+        f[f"backbones/{FP}/vectors"][6] += 1.0  # damage a row it has not read
+    with pytest.raises(StoreError, match="checksum"):
+        store.get(FP, k[6:7])
+    np.testing.assert_array_equal(store.get(FP, k[:4])[0], vectors_for(k[:4]))
+    with pytest.raises(StoreError, match="checksum"):
+        EmbeddingStore(path).get(FP, k[:7])  # a new object checks every row it reads
+    assert store.drop(FP) == 8
+    store.put(FP, k, vectors_for(k) + 1, spec=SPEC)
+    with h5py.File(path, "r+") as f:
+        f[f"backbones/{FP}/vectors"][1] += 1.0
+    with pytest.raises(StoreError, match="checksum"):
+        store.get(FP, k[:4])  # the new group's rows are new rows
+
+
 def test_verify_detects_header_damage_and_non_hdf5(path, tmp_path):
     k = rand_keys(3)
     EmbeddingStore(path).put(FP, k, vectors_for(k), spec=SPEC)

@@ -19,7 +19,7 @@ class _KeyIndex:
     merged into the array when it outgrows ``max(16384, n / 8)`` entries.
     """
 
-    __slots__ = ("token", "n", "keys", "rows", "delta")
+    __slots__ = ("token", "n", "keys", "rows", "delta", "checked")
 
     def __init__(self, token: tuple):
         self.token = token
@@ -27,6 +27,17 @@ class _KeyIndex:
         self.keys = np.empty(0, _VOID)
         self.rows = np.empty(0, np.int64)
         self.delta: dict[bytes, int] = {}
+        # Rows whose checksum this object has verified. Committed rows are never
+        # rewritten under one token (a replaced group gets a new token, hence a new
+        # index), so a grid search re-reading the same vectors per fold checks each once.
+        self.checked = np.zeros(0, dtype=bool)
+
+    def unchecked(self, rows: np.ndarray) -> np.ndarray:
+        """Which of ``rows`` (sorted, committed) have not had their checksum verified here."""
+        if len(self.checked) < self.n:
+            self.checked = np.concatenate(
+                [self.checked, np.zeros(self.n - len(self.checked), dtype=bool)])
+        return ~self.checked[rows]
 
     def extend(self, kv: np.ndarray, start: int) -> None:
         m = len(kv)

@@ -211,8 +211,12 @@ def check_free_space(path: str, rows: int, row_bytes: int, chunk_rows: int,
 
 
 def read_rows(g: h5py.Group, fp: str, meta: dict, rows: np.ndarray, verify: bool,
-              path: str) -> np.ndarray:
-    """float32 vectors of sorted unique committed ``rows``, CRC-checked if ``verify``."""
+              path: str, index=None) -> np.ndarray:
+    """float32 vectors of sorted unique committed ``rows``, CRC-checked if ``verify``.
+
+    With ``index`` (the group's :class:`~featx.store._index._KeyIndex`), rows it
+    has seen verified are not checked again, and rows verified here are marked.
+    """
     dim = meta["dim"]
     vds, kds, cds = g["vectors"], g["keys"], g["crc"]
     row_bytes = dim * vds.dtype.itemsize
@@ -220,12 +224,13 @@ def read_rows(g: h5py.Group, fp: str, meta: dict, rows: np.ndarray, verify: bool
     gap = max(1, _GAP_BYTES // row_bytes)
     max_rows = max(1, _READ_BLOCK_BYTES // row_bytes)
     bad: list[int] = []
+    unchecked = index.unchecked(rows) if (verify and index is not None) else None
     for lo, hi, i0, i1 in _runs(rows, gap, max_rows):
         sel = None if (i1 - i0) == (hi - lo) else rows[i0:i1] - lo
         block = vds[lo:hi]
         if sel is not None:
             block = block[sel]
-        if verify:
+        if verify and (unchecked is None or unchecked[i0:i1].any()):
             kb = kds[lo:hi]
             cb = cds[lo:hi]
             if sel is not None:
@@ -233,6 +238,8 @@ def read_rows(g: h5py.Group, fp: str, meta: dict, rows: np.ndarray, verify: bool
             mismatch = np.flatnonzero(_row_crcs(kb, block) != cb)
             if len(mismatch):
                 bad.extend(rows[i0:i1][mismatch][:5].tolist())
+            elif index is not None:
+                index.checked[rows[i0:i1]] = True
         out[i0:i1] = block
     if bad:
         raise StoreError(

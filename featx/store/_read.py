@@ -46,7 +46,10 @@ class StoreReads:
         return idx
 
     def _read_rows(self, g: h5py.Group, fp: str, meta: dict, rows: np.ndarray) -> np.ndarray:
-        return _layout.read_rows(g, fp, meta, rows, self.verify_reads, self.path)
+        index = self._indexes.get(fp)
+        if index is not None and index.token != meta["token"]:
+            index = None
+        return _layout.read_rows(g, fp, meta, rows, self.verify_reads, self.path, index)
 
     def fingerprints(self) -> list[str]:
         """Fingerprints of the backbones stored in the file, sorted.
@@ -229,9 +232,10 @@ class StoreReads:
             g = self._group(f, fp)
             if g is None:
                 return np.full((n, 0), np.nan, np.float32), np.zeros(n, bool)
-            if spec is not None:
-                self._check_compatible(g, fp, _canonical_spec(spec)[0], dim, check_dtype=False)
             meta = self._meta(g)
+            if spec is not None:
+                self._check_compatible(g, fp, _canonical_spec(spec)[0], dim, check_dtype=False,
+                                       meta=meta)
             rows = self._index(g, fp, meta).lookup(kv)
             found = rows >= 0
             if not found.any():

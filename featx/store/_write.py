@@ -210,9 +210,9 @@ class StoreWrites:
 
     def _check_compatible(
         self, g: h5py.Group, fp: str, spec_obj: dict | None, dim: int | None,
-        check_dtype: bool = True,
+        check_dtype: bool = True, meta: dict | None = None,
     ) -> None:
-        meta = self._meta(g)
+        meta = self._meta(g) if meta is None else meta
         if spec_obj is not None:
             stored = _layout.read_spec(meta, fp, self.path)
             diff = _spec_diff(stored if isinstance(stored, dict) else {}, spec_obj)
