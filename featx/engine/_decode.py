@@ -179,16 +179,27 @@ class DecodePool:
         futures = [self.submit(s, name) for s, name in zip(sources, names)]
         return (self.result(f) for f in futures)
 
-    def submit(self, source, name: Optional[str] = None) -> Future:
+    def submit(self, source, name: Optional[str] = None, key: Optional[bytes] = None) -> Future:
         """Queue one decode at once; a :class:`~concurrent.futures.Future` of its
-        :class:`DecodeResult` (read it with :meth:`result`)."""
+        :class:`DecodeResult` (read it with :meth:`result`).
+
+        ``key``, for a file source: the content key (:func:`~featx.images.source_key`)
+        its bytes had when the caller read them. The file is read again where it is
+        decoded — a worker process reads it itself instead of receiving the bytes
+        through its pipe — and an image whose bytes no longer match fails with an
+        :class:`~featx.errors.ImageDecodeError` instead of being decoded.
+        """
         if name is None and isinstance(source, Source):
             name = source.describe()
+        payload = _payload(source)
+        if key is not None and not isinstance(payload, str):
+            raise InvalidParameterError("key= is for file sources (a path) only")
         if self.kind == "threads":
-            return self._threads.submit(decode_one, source, self.size, self.policy, name)
+            return self._threads.submit(decode_one, payload if key is not None else source,
+                                        self.size, self.policy, name, key)
         if self._procs is None:
             self._procs = _ProcessDecoders(self.workers, self.size[0] * self.size[1] * 3)
-        return self._procs.submit((_payload(source), self.size, self.policy, name))
+        return self._procs.submit((payload, self.size, self.policy, name, key))
 
     def submit_io(self, fn: Callable[[Any], Any], item) -> Future:
         """``fn(item)`` on the pool's threads (reads, hashes: they release the GIL)."""
