@@ -157,6 +157,8 @@ def run_search(embedder_cls, store: Path, size: int, heads: List[str], paths, y,
     return {
         "wall_s": wall,
         "embed_s": sum(c[0] for c in calls),
+        "call_ms": [1e3 * c[0] for c in calls],
+        "call_images": [int(c[1].get("images", 0)) for c in calls],
         "forward_s": sum(c[1].get("forward_s", 0.0) for c in calls),
         "calls": len(calls),
         "forwarded": int(sum(c[1].get("forwarded", 0) for c in calls)),
@@ -203,9 +205,11 @@ def render(args, info, load_start, load_end, first, again, fresh, warm_s, n_uniq
     a_emb = median(r["embed_s"] for r in again)
     emb_ratio = f_emb / a_emb
     heads_s = a_wall - a_emb
-    per_call_ms = 1e3 * a_emb / again[0]["calls"]
-    per_call_images = median(r["cache_hits"] for r in again) / again[0]["calls"]
-    target_ms = 2.0 + 0.010 * per_call_images
+    # Issue 15's target for a fully cached call of n images: 2 ms + 10 µs per image.
+    call_ms = [ms for r in again for ms in r["call_ms"]]
+    call_images = [n for r in again for n in r["call_images"]]
+    within = sum(ms <= 2.0 + 0.010 * n for ms, n in zip(call_ms, call_images))
+    fixed_ms = median(ms - 0.010 * n for ms, n in zip(call_ms, call_images))
     met = "met" if ratio >= GOAL else "**not met**"
     rows = []
     for label, rs in (("first (empty store)", first), ("re-run (same store)", again)):
@@ -252,9 +256,11 @@ def render(args, info, load_start, load_end, first, again, fresh, warm_s, n_uniq
         f"{runs([r['store_forwarded'] for r in again], 0)} (store counter); the store holds "
         f"{again[-1]['store_rows']} rows for {n_unique} unique images.",
         "",
-        f"**One engine call on the all-hit re-run**: {per_call_ms:.1f} ms on average for "
-        f"{per_call_images:.0f} images (issue 15's target for a fully cached call: ≤ 2 ms + "
-        f"10 µs per image = {target_ms:.1f} ms: {'met' if per_call_ms <= target_ms else '**not met**'}).",
+        f"**One engine call on the all-hit re-run** ({len(call_ms)} calls of "
+        f"{min(call_images)}–{max(call_images)} images over the repetitions): median "
+        f"{median(call_ms):.2f} ms (min {min(call_ms):.2f}, max {max(call_ms):.2f}); "
+        f"{within} of {len(call_ms)} calls within issue 15's target of 2 ms + 10 µs per "
+        f"image; median cost beyond 10 µs per image: {fixed_ms:.2f} ms.",
         "",
         f"Where the re-run's {fmt(a_wall)} s go: {fmt(a_emb)} s in {again[0]['calls']} "
         "embedding calls (each stats its files — keys of files this process has read are "

@@ -25,7 +25,10 @@ class StoreReads:
     _group = staticmethod(_layout.group)
 
     def _meta(self, g: h5py.Group) -> dict:
-        return _layout.read_meta(g, self.path)
+        # The fixed attributes of a group are read once per token (see read_meta).
+        metas = self.__dict__.setdefault("_metas", {})
+        meta = metas[g.name] = _layout.read_meta(g, self.path, metas.get(g.name))
+        return meta
 
     def _index(self, g: h5py.Group, fp: str, meta: dict) -> _KeyIndex:
         """The key index of ``fp``, brought up to the committed count (reads only new keys)."""

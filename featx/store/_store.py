@@ -166,6 +166,7 @@ class EmbeddingStore(StoreReads, StoreWrites, StoreSources):
         """
         with self._mutex:
             self._indexes.clear()
+            self.__dict__.pop("_metas", None)
 
     @property
     def lock_path(self) -> str:
