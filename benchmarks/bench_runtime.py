@@ -76,14 +76,14 @@ def main(argv=None) -> int:
                  for rt in RUNTIMES}
     setup = {}
     for rt, emb in embedders.items():  # compile / convert (cached on disk afterwards)
-        setup[rt] = _time(lambda: emb._forward_batch(pixels))[0]
+        setup[rt] = _time(lambda: emb._forward_batch(pixels).result())[0]
     forward = {rt: [] for rt in RUNTIMES}
     e2e = {rt: [] for rt in RUNTIMES}
     vectors = {}
     for _ in range(a.repeats):
         for rt, emb in embedders.items():
-            emb._forward_batch(pixels)
-            forward[rt].append(_time(lambda: emb._forward_batch(pixels)))
+            emb._forward_batch(pixels).result()
+            forward[rt].append(_time(lambda: emb._forward_batch(pixels).result()))
             clear_memo()
             e2e[rt].append(_time(lambda: vectors.__setitem__(rt, emb.embed(paths))))
             assert emb.stats["forwarded"] == len(paths) and emb.stats["runtime"] == rt

@@ -46,6 +46,28 @@ def test_vectors_equal_a_direct_call_in_input_order(bb, tmp_path):
     np.testing.assert_allclose(X, direct_vectors(bb, shuffled), atol=1e-5)
 
 
+@pytest.mark.backend_smoke
+def test_batches_kept_in_flight_store_every_vector_once_in_input_order(bb, tmp_path):
+    # On JAX the engine dispatches batch n+1 before it collects batch n (holding the
+    # store's writer lock across both); the vectors, their order and the store's
+    # contents are those of one batch at a time.
+    import keras
+
+    paths = make_jpegs(tmp_path / "imgs", 37, seed=5)
+    store = str(tmp_path / "emb.h5")
+    emb = Embedder(bb, store=store, batch_size=4, progress=False)
+    X = emb.embed(paths)
+    np.testing.assert_allclose(X, direct_vectors(bb, paths), atol=1e-5)
+    assert emb.stats["forwarded"] == 37
+    assert EmbeddingStore(store).count(emb.fingerprint) == 37
+    again = Embedder(bb, store=store, batch_size=4, progress=False)
+    np.testing.assert_array_equal(again.embed(paths[::-1]), X[::-1])
+    assert again.stats["forwarded"] == 0
+    running = emb._forward.dispatch(np.zeros((2, SIZE, SIZE, 3), np.uint8))
+    assert running.asynchronous == (keras.backend.backend() == "jax")
+    assert running.result().shape == (2, bb.dim)
+
+
 def test_second_pass_forwards_nothing_even_after_renames_and_copies(bb, tmp_path):
     paths = make_jpegs(tmp_path / "imgs", 210, seed=2)
     store_path = str(tmp_path / "emb.h5")

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from ._decode import POOLS, DecodePool, choose_pool, default_workers
 from ._embedder import ON_ERROR, EmbedFailure, Embedder
-from ._forward import PaddedForward, compiled_forward, default_batch_size
+from ._forward import InFlight, PaddedForward, compiled_forward, default_batch_size
 from ._gpu_decode import DECODERS, GpuJpegDecoder, gpu_decoder_unavailable, resolve_decoder
 from ._runtime import RUNTIMES, openvino_forward, resolve_runtime, runtime_unavailable
 from ._keys import key_source, vector_fingerprint
@@ -41,7 +41,7 @@ from ._memo import clear_memo
 from ._plan import Plan, plan
 
 __all__ = ["DECODERS", "DecodePool", "POOLS", "choose_pool", "EmbedFailure", "Embedder",
-           "GpuJpegDecoder", "ON_ERROR", "PaddedForward", "Plan", "clear_memo", "compiled_forward",
+           "GpuJpegDecoder", "InFlight", "ON_ERROR", "PaddedForward", "Plan", "clear_memo", "compiled_forward",
            "default_batch_size", "default_workers",
            "gpu_decoder_unavailable", "key_source", "openvino_forward", "plan",
            "resolve_decoder", "resolve_runtime", "RUNTIMES", "runtime_unavailable",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -20,7 +21,7 @@ from ..errors import EmbedInterrupted, FeatxError, InvalidParameterError
 from ..images import RESIZE_POLICIES, Source, as_sources, read_bytes
 from ..store import EmbeddingStore
 from ._decode import POOLS, DecodePool, choose_pool, default_workers
-from ._forward import PaddedForward, default_batch_size
+from ._forward import InFlight, PaddedForward, default_batch_size
 from ._gpu_decode import DECODERS, GPU_DECODER_ID, GpuJpegDecoder, is_jpeg, resolve_decoder
 from ._runtime import RUNTIMES, resolve_runtime
 from ._keys import KEYS, key_source, vector_fingerprint
@@ -74,13 +75,14 @@ class _Pending:
     Fresh arrays per batch cost a page fault per 4 KB on first touch (``np.stack``
     of 256 images took 36 ms); a ring of buffers is touched once. A buffer is
     reused only after every batch that could still be queued or forwarded from
-    it is done: at most ``_QUEUE_ITEMS`` wait in the queue, one is forwarded and
-    one is filled; the ring has one more to spare.
+    it is done: at most ``_QUEUE_ITEMS`` wait in the queue, one is in flight (its
+    forward dispatched, its result not yet collected), one is forwarded and one is
+    filled; the ring has one more to spare.
     """
 
     def __init__(self, size: int, image_shape: Tuple[int, int, int], emit):
         self.size, self.image_shape, self.emit = size, image_shape, emit
-        self.ring: List[Optional[np.ndarray]] = [None] * (_QUEUE_ITEMS + 3)
+        self.ring: List[Optional[np.ndarray]] = [None] * (_QUEUE_ITEMS + 4)
         self.turn = 0
         self.keys: List[bytes] = []
         self.buffer: Optional[np.ndarray] = None
@@ -385,18 +387,20 @@ class Embedder:
                           cache_hits=len(todo.keys), pool="none", decoder=decoder)
         return out, keys
 
-    def _forward_batch(self, pixels: np.ndarray) -> np.ndarray:
+    def _forward_batch(self, pixels: np.ndarray):
+        """Start the forward of one batch: an :class:`~featx.engine.InFlight` (collected
+        after the next batch is dispatched), or the vectors themselves."""
         if self._forward is None:
             self._forward = self._make_forward(resolve_runtime(self.runtime))
         try:
-            return self._forward(pixels)
+            return self._forward.dispatch(pixels)
         except FeatxError as exc:
             if self.runtime != "auto" or self._forward.runtime == "keras":
                 raise
             # "auto" promised the fastest runtime that works, not OpenVINO at any price.
             log.warning("featx: %s; running %s on Keras instead", exc, self.backbone.name)
             self._forward = self._make_forward("keras")
-            return self._forward(pixels)
+            return self._forward.dispatch(pixels)
 
     def _make_forward(self, runtime: str) -> PaddedForward:
         # uint8 in, the family's preprocessing inside the compiled function.
@@ -423,6 +427,7 @@ def _new_stats(n: int) -> Dict[str, float]:
 _DONE = object()
 _JOIN_TIMEOUT_S = 5.0
 _QUEUE_ITEMS = 3  # batches decoded ahead of the forward
+_OVERLAP_BATCHES = 16  # most consecutive batches one writer-lock hold spans
 
 
 class _Run:
@@ -698,28 +703,45 @@ class _Run:
             self.rows_at_start = self.e.store.count(self.fp)
         producer = threading.Thread(target=self.produce, name="featx-producer", daemon=True)
         producer.start()
+        store = self.e.store
+        exclusive = store is not None and self.e.exclusive_forward and not store.readonly
+        # Where the backend dispatches asynchronously (JAX; torch on CUDA), one batch
+        # stays in flight while the next is dispatched: the device computes batch n+1
+        # while batch n is converted, stored and delivered. The writer lock is held
+        # from a batch's re-check to its put, so it is kept across consecutive batches
+        # while more are queued (at most _OVERLAP_BATCHES, so other processes get
+        # their turn) and released otherwise. Synchronous forwards (TensorFlow,
+        # OpenVINO) land at once: a kill then wastes at most the batch being computed.
+        held = contextlib.ExitStack()
+        in_flight, held_batches = None, 0
         try:
             while True:
                 t = time.perf_counter()
                 batch = self._next_item(producer)
                 self.stats["wait_s"] += time.perf_counter() - t
                 if batch is _DONE:
+                    self._land(in_flight)
+                    in_flight = None
                     self.finished = True
                     break
                 if isinstance(batch, _Hits):
                     self._read_hits(batch)
                     continue
-                store = self.e.store
-                if store is None:
-                    self._forward_and_deliver(batch.keys, batch.pixels)
-                elif self.e.exclusive_forward and not store.readonly:
+                if exclusive and not held_batches:
                     t = time.perf_counter()
-                    with store.exclusive():
-                        self.stats["lock_s"] += time.perf_counter() - t
-                        self._forward_missing(batch)
-                else:
-                    self._forward_missing(batch)
+                    held.enter_context(store.exclusive())
+                    self.stats["lock_s"] += time.perf_counter() - t
+                launched = self._launch(batch)
+                self._land(in_flight)
+                in_flight, held_batches = launched, held_batches + 1
+                keep = launched is not None and getattr(launched[1], "asynchronous", False)
+                if not keep or (exclusive and (self.queue.empty()
+                                               or held_batches >= _OVERLAP_BATCHES)):
+                    self._land(in_flight)
+                    in_flight, held_batches = None, 0
+                    held.close()
         finally:
+            held.close()
             self.stop.set()
             # Bounded: the producer checks ``stop`` between items and never blocks on
             # the queue; a thread still inside one read is a daemon and is left behind.
@@ -774,26 +796,42 @@ class _Run:
         pending.flush()
 
     def _forward_missing(self, batch: _Batch) -> None:
-        """Re-check the store (another process may have stored some keys since the
-        lookup), forward the rest, put them."""
-        store, fp = self.e.store, self.fp
-        t = time.perf_counter()
-        vectors, found = store.get(fp, batch.keys)
-        self.stats["lookup_s"] += time.perf_counter() - t
-        keys, pixels = batch.keys, batch.pixels
-        if found.any():
-            for key, vec, hit in zip(keys, vectors, found):
-                if hit:
-                    self.stats["cache_hits"] += 1
-                    self._deliver(key, vec)
-            keep = np.flatnonzero(~found)
-            keys, pixels = [keys[i] for i in keep], pixels[keep]
-        if keys:
-            self._forward_and_deliver(keys, pixels)
+        """Re-check the store, forward the rest and put them, before returning."""
+        self._land(self._launch(batch))
 
-    def _forward_and_deliver(self, keys: List[bytes], pixels: np.ndarray) -> None:
+    def _launch(self, batch: _Batch):
+        """Re-check the store (another process may have stored some keys since the
+        lookup) and dispatch the forward of the rest: ``(keys, in flight)``, or None
+        when every key was found."""
+        store, fp = self.e.store, self.fp
+        keys, pixels = batch.keys, batch.pixels
+        if store is not None:
+            t = time.perf_counter()
+            vectors, found = store.get(fp, batch.keys)
+            self.stats["lookup_s"] += time.perf_counter() - t
+            if found.any():
+                for key, vec, hit in zip(keys, vectors, found):
+                    if hit:
+                        self.stats["cache_hits"] += 1
+                        self._deliver(key, vec)
+                keep = np.flatnonzero(~found)
+                keys, pixels = [keys[i] for i in keep], pixels[keep]
+        if not keys:
+            return None
         t = time.perf_counter()
-        vectors = self.e._forward_batch(pixels)
+        launched = (keys, self.e._forward_batch(pixels))
+        self.stats["forward_s"] += time.perf_counter() - t
+        return launched
+
+    def _land(self, launched) -> None:
+        """Collect a launched forward's vectors, check them, put them, deliver them."""
+        if launched is None:
+            return
+        keys, running = launched
+        t = time.perf_counter()
+        # A test or subclass may return the vectors themselves rather than an InFlight.
+        vectors = running.result() if isinstance(running, InFlight) else running
+        vectors = np.asarray(vectors, dtype=np.float32)
         self.stats["forward_s"] += time.perf_counter() - t
         if not np.all(np.isfinite(vectors)):
             bad = int((~np.isfinite(vectors).all(axis=1)).sum())

@@ -10,7 +10,7 @@ import numpy as np
 
 from .._env import accelerator, import_keras
 
-__all__ = ["PaddedForward", "compiled_forward", "default_batch_size"]
+__all__ = ["InFlight", "PaddedForward", "compiled_forward", "default_batch_size"]
 
 log = logging.getLogger("featx")
 
@@ -73,15 +73,38 @@ def compiled_forward(model, batch_shape: Tuple[int, ...], jit_compile: bool = Fa
                 raise ValueError("the OpenVINO forward takes uint8 pixels: give preprocessing")
             from ._runtime import openvino_forward
 
-            per_model[key] = openvino_forward(model, batch_shape, preprocessing, identity,
-                                              "bf16" if runtime == "openvino-bf16" else "f32")
+            run = openvino_forward(model, batch_shape, preprocessing, identity,
+                                   "bf16" if runtime == "openvino-bf16" else "f32")
+            per_model[key] = _Compiled(run, _as_float32)  # synchronous: ready at launch
         else:
             per_model[key] = _build_forward(model, batch_shape, jit_compile, preprocessing)
     return per_model[key]
 
 
+def _as_float32(out) -> np.ndarray:
+    return np.asarray(out, dtype=np.float32)
+
+
+class _Compiled:
+    """A compiled forward split in two: ``launch(x)`` dispatches it and returns what
+    the backend returns (a device array on JAX and torch, whose work may still be
+    running); ``fetch(out)`` waits for it and converts it to float32 numpy.
+    Calling it does both."""
+
+    __slots__ = ("launch", "fetch", "asynchronous")
+
+    def __init__(self, launch, fetch, asynchronous: bool = False):
+        self.launch, self.fetch = launch, fetch
+        # True where launch returns before the work is done (JAX; torch on CUDA):
+        # only there is it worth keeping a batch in flight.
+        self.asynchronous = bool(asynchronous)
+
+    def __call__(self, x) -> np.ndarray:
+        return self.fetch(self.launch(x))
+
+
 def _build_forward(model, batch_shape: Tuple[int, ...], jit_compile: bool = False,
-                   preprocessing=None):
+                   preprocessing=None) -> _Compiled:
     """``x -> model(prepare(x), training=False)`` compiled once for one fixed input shape.
 
     ``jit_compile`` asks TensorFlow for XLA (JAX always compiles with XLA; the
@@ -106,28 +129,29 @@ def _build_forward(model, batch_shape: Tuple[int, ...], jit_compile: bool = Fals
         fn = tf.function(lambda x: tf.cast(model(prepare(x), training=False), tf.float32),
                          reduce_retracing=True, jit_compile=bool(jit_compile),
                          input_signature=[tf.TensorSpec(batch_shape, dtype)])
-        return lambda x: fn(x).numpy()
+        return _Compiled(fn, lambda out: out.numpy())
     if backend == "jax":
         import jax
 
         fn = jax.jit(lambda tv, ntv, x: model.stateless_call(tv, ntv, prepare(x),
                                                              training=False)[0])
         # Variable values are read at each call, so a model trained after its first
-        # forward (the fine-tuner) is never run with stale weights.
-        return lambda x: np.asarray(fn([v.value for v in model.trainable_variables],
-                                       [v.value for v in model.non_trainable_variables], x),
-                                    dtype=np.float32)
+        # forward (the fine-tuner) is never run with stale weights. JAX dispatches
+        # asynchronously: launch returns at once, fetch waits for the device.
+        return _Compiled(lambda x: fn([v.value for v in model.trainable_variables],
+                                      [v.value for v in model.non_trainable_variables], x),
+                         _as_float32, asynchronous=True)
     if backend == "torch":
         import torch
 
-        def run(x):
+        def launch(x):  # CUDA kernels are queued; the copy to the host waits for them
             with torch.no_grad():
-                out = model(prepare(x), training=False)
-                return keras.ops.convert_to_numpy(keras.ops.cast(out, "float32"))
+                return keras.ops.cast(model(prepare(x), training=False), "float32")
 
-        return run
-    return lambda x: keras.ops.convert_to_numpy(
-        keras.ops.cast(model(prepare(x), training=False), "float32"))
+        return _Compiled(launch, keras.ops.convert_to_numpy,
+                         asynchronous=accelerator() is not None)
+    return _Compiled(lambda x: keras.ops.cast(model(prepare(x), training=False), "float32"),
+                     keras.ops.convert_to_numpy)
 
 
 class PaddedForward:
@@ -177,6 +201,15 @@ class PaddedForward:
         self._fn = None
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        return self.dispatch(pixels).result()
+
+    def dispatch(self, pixels: np.ndarray) -> "InFlight":
+        """Start the forward of ``pixels`` and return at once where the backend allows
+        (JAX; torch on CUDA): the caller prepares or stores another batch meanwhile and
+        collects this one with :meth:`InFlight.result`.
+
+        The backend may read ``pixels`` until then: do not overwrite them before.
+        """
         n = len(pixels)
         if n > self.batch_size:
             raise ValueError(f"a batch of {n} exceeds the compiled batch size {self.batch_size}")
@@ -188,9 +221,38 @@ class PaddedForward:
         if n < self.batch_size:
             pad = np.zeros((self.batch_size - n, *pixels.shape[1:]), dtype=self.dtype)
             pixels = np.concatenate([pixels, pad])
-        return np.asarray(self._fn(pixels), dtype=np.float32)[:n]
+        fn = self._fn
+        if not isinstance(fn, _Compiled):
+            fn = _Compiled(fn, _as_float32)
+        return InFlight(fn.launch(pixels), fn.fetch, n, fn.asynchronous)
 
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_fn"] = None  # compiled functions do not pickle; rebuilt on first use
         return state
+
+
+class InFlight:
+    """A forward started by :meth:`PaddedForward.dispatch`; :meth:`result` waits for it.
+
+    Examples
+    --------
+    >>> import numpy as np, featx
+    >>> from featx.engine import PaddedForward
+    >>> bb = featx.get_backbone("mobilenet_v2", weights=None, input_size=32)
+    >>> forward = PaddedForward(bb.model, 4, (32, 32, 3))
+    >>> running = forward.dispatch(np.zeros((3, 32, 32, 3), np.float32))
+    >>> running.result().shape
+    (3, 1280)
+    """
+
+    __slots__ = ("_out", "_fetch", "n", "asynchronous")
+
+    def __init__(self, out, fetch, n: int, asynchronous: bool = False):
+        self._out, self._fetch, self.n = out, fetch, int(n)
+        #: True when the backend may still be computing (JAX; torch on CUDA).
+        self.asynchronous = bool(asynchronous)
+
+    def result(self) -> np.ndarray:
+        """float32 outputs of the rows that were given (padding cut)."""
+        return np.asarray(self._fetch(self._out), dtype=np.float32)[:self.n]
