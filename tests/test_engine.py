@@ -446,6 +446,68 @@ def test_gpu_decoded_pixels_are_close_to_pillow_and_other_formats_fall_back(bb, 
     assert np.isfinite(X[:5]).all() and emb.stats["failed"] == 1
 
 
+@pytest.mark.backend_smoke
+def test_a_device_batch_reaches_the_forward_through_dlpack_unchanged(bb):
+    # GPU-decoded batches stay on the device (DevicePixels) and are padded, filtered
+    # and handed to the backend there; on a CPU the same code runs on host memory.
+    from featx.engine import DevicePixels, PaddedForward
+
+    import keras
+
+    images = np.random.RandomState(8).randint(0, 256, (5, SIZE, SIZE, 3)).astype(np.uint8)
+    forward = PaddedForward(bb.model, 8, bb.input_shape, preprocessing=bb.preprocessing)
+    on_device = list(images)
+    if keras.backend.backend() == "jax":  # a device array handed over by DLPack
+        import jax.numpy as jnp
+
+        on_device = [jnp.asarray(image) for image in images]
+    batch = DevicePixels.stack(on_device)
+    assert len(batch) == 5 and len(batch.padded(8)) == 8
+    np.testing.assert_array_equal(batch.take([4, 1]).to_host(), images[[4, 1]])
+    np.testing.assert_allclose(forward.dispatch(batch).result(), forward(images), atol=1e-6)
+    np.testing.assert_allclose(forward.dispatch(batch.take([0, 3])).result(),
+                               forward(images[[0, 3]]), atol=1e-6)
+
+
+class _PillowOnTheDevice:
+    """Stands in for GpuJpegDecoder (nvJPEG needs CUDA): decodes JPEGs with Pillow and
+    returns them as a device decoder does, refusing one so the CPU fallback runs too."""
+
+    calls: list = []
+
+    def __init__(self, size, policy="squash"):
+        self.size, self.policy = size, policy
+
+    def decode(self, blobs, on_device=False):
+        type(self).calls.append((len(blobs), on_device))
+        return [None if i == 0 else decode_image(blob, self.size, policy=self.policy)
+                for i, blob in enumerate(blobs)]
+
+
+def test_gpu_decoded_images_form_device_batches_beside_cpu_fallbacks(bb, tmp_path,
+                                                                    monkeypatch):
+    from featx.engine import _embedder
+
+    monkeypatch.setattr(_embedder, "GpuJpegDecoder", _PillowOnTheDevice)
+    monkeypatch.setattr(_embedder, "resolve_decoder", lambda decoder: decoder)
+    stacked = []
+    real_stack = _embedder.DevicePixels.stack.__func__
+    monkeypatch.setattr(_embedder.DevicePixels, "stack", classmethod(
+        lambda cls, images: stacked.append(len(images)) or real_stack(cls, images)))
+    _PillowOnTheDevice.calls.clear()
+    paths = make_jpegs(tmp_path / "imgs", 11, seed=6)
+    store = str(tmp_path / "emb.h5")
+    emb = Embedder(bb, store=store, decoder="gpu", batch_size=4, progress=False)
+    X = emb.embed(paths)
+    cpu = Embedder(bb, batch_size=4, progress=False).embed(paths)
+    np.testing.assert_allclose(X, cpu, atol=1e-5)  # same pixels, so the same vectors
+    assert all(on_device for _, on_device in _PillowOnTheDevice.calls)
+    assert sum(stacked) == 11 - len(_PillowOnTheDevice.calls)  # one refused per call
+    assert emb.stats["forwarded"] == 11 and emb.stats["decoder"] == "gpu"
+    assert EmbeddingStore(store).count(emb.fingerprint) == 11
+    assert emb.fingerprint != bb.fingerprint
+
+
 def test_without_an_accelerator_the_defaults_are_cpu_ones(bb):
     from featx._env import accelerator
     from featx.engine import default_batch_size

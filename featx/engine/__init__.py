@@ -33,16 +33,17 @@ from __future__ import annotations
 
 from ._decode import POOLS, DecodePool, choose_pool, default_workers
 from ._embedder import ON_ERROR, EmbedFailure, Embedder
-from ._forward import InFlight, PaddedForward, compiled_forward, default_batch_size
+from ._forward import (DevicePixels, InFlight, PaddedForward, compiled_forward,
+                       default_batch_size)
 from ._gpu_decode import DECODERS, GpuJpegDecoder, gpu_decoder_unavailable, resolve_decoder
 from ._runtime import RUNTIMES, openvino_forward, resolve_runtime, runtime_unavailable
 from ._keys import key_source, vector_fingerprint
 from ._memo import clear_memo
 from ._plan import Plan, plan
 
-__all__ = ["DECODERS", "DecodePool", "POOLS", "choose_pool", "EmbedFailure", "Embedder",
-           "GpuJpegDecoder", "InFlight", "ON_ERROR", "PaddedForward", "Plan", "clear_memo", "compiled_forward",
-           "default_batch_size", "default_workers",
-           "gpu_decoder_unavailable", "key_source", "openvino_forward", "plan",
-           "resolve_decoder", "resolve_runtime", "RUNTIMES", "runtime_unavailable",
+__all__ = ["DECODERS", "DecodePool", "DevicePixels", "EmbedFailure", "Embedder",
+           "GpuJpegDecoder", "InFlight", "ON_ERROR", "POOLS", "PaddedForward", "Plan",
+           "RUNTIMES", "choose_pool", "clear_memo", "compiled_forward", "default_batch_size",
+           "default_workers", "gpu_decoder_unavailable", "key_source", "openvino_forward",
+           "plan", "resolve_decoder", "resolve_runtime", "runtime_unavailable",
            "vector_fingerprint"]

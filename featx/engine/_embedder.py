@@ -21,7 +21,7 @@ from ..errors import EmbedInterrupted, FeatxError, InvalidParameterError
 from ..images import RESIZE_POLICIES, Source, as_sources, read_bytes
 from ..store import EmbeddingStore
 from ._decode import POOLS, DecodePool, choose_pool, default_workers
-from ._forward import InFlight, PaddedForward, default_batch_size
+from ._forward import DevicePixels, InFlight, PaddedForward, default_batch_size
 from ._gpu_decode import DECODERS, GPU_DECODER_ID, GpuJpegDecoder, is_jpeg, resolve_decoder
 from ._runtime import RUNTIMES, resolve_runtime
 from ._keys import KEYS, key_source, vector_fingerprint
@@ -66,7 +66,8 @@ class EmbedFailure:
 @dataclasses.dataclass
 class _Batch:
     keys: List[bytes]
-    pixels: np.ndarray  # decoded uint8, (len(keys), H, W, 3): preprocessed in the forward
+    pixels: Union[np.ndarray, DevicePixels]  # decoded uint8 (len(keys), H, W, 3), on the
+    # host or (GPU decoder) on the device; preprocessed inside the forward
 
 
 class _Pending:
@@ -102,6 +103,26 @@ class _Pending:
         if self.keys:
             self.emit(self.keys, self.buffer[:len(self.keys)])
             self.keys, self.buffer = [], None
+
+
+class _DevicePending:
+    """GPU-decoded images filling a batch on the device (see :class:`DevicePixels`)."""
+
+    def __init__(self, size: int, emit):
+        self.size, self.emit = size, emit
+        self.keys: List[bytes] = []
+        self.images: list = []
+
+    def add(self, key: bytes, image) -> None:
+        self.keys.append(key)
+        self.images.append(image)
+        if len(self.keys) == self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.keys:
+            self.emit(self.keys, DevicePixels.stack(self.images))
+            self.keys, self.images = [], []
 
 
 @dataclasses.dataclass
@@ -459,6 +480,9 @@ class _Run:
         decoder = resolve_decoder(embedder.decoder)
         self.stats["decoder"] = decoder
         self.gpu = GpuJpegDecoder(self.size, embedder.policy) if decoder == "gpu" else None
+        # GPU-decoded images stay on the device in their own batches, handed to the
+        # forward through DLPack; only the OpenVINO runtime (CPU) needs them on the host.
+        self.on_device = self.gpu is not None and resolve_runtime(embedder.runtime) == "keras"
         self.fp, self.spec = embedder._group(decoder)
         self.lock = threading.Lock()
 
@@ -568,6 +592,8 @@ class _Run:
         reads: "deque" = deque()  # (item, future of _read_and_key), input order
         decodes: "deque" = deque()  # (key, future of DecodeResult)
         pending = _Pending(self.e.batch_size, (*self.size, 3), self._emit)
+        on_device = _DevicePending(self.e.batch_size, self._emit)
+        take_gpu = on_device.add if self.on_device else pending.add
 
         def read_ahead():
             for item in itertools.islice(items, window - len(reads)):
@@ -586,7 +612,7 @@ class _Run:
                 read_ahead()
                 fresh = self._route(group)
                 if self.gpu is not None:
-                    fresh = self._decode_on_gpu(fresh, pending.add)
+                    fresh = self._decode_on_gpu(fresh, take_gpu, on_device=self.on_device)
                 by_path = self.pool.kind == "processes"
                 for key, (item, data) in fresh.items():
                     if (by_path and data is not None and item.path is not None
@@ -604,6 +630,7 @@ class _Run:
                 key, future = decodes.popleft()
                 self._take_decoded(key, self.pool.result(future, self.stop), pending)
         pending.flush()
+        on_device.flush()
 
     def _route(self, group) -> Dict[bytes, Tuple[Source, Optional[bytes]]]:
         """Dedup and look up one group of read results: vectors the memo holds are
@@ -645,9 +672,11 @@ class _Run:
             self._put_item(_Hits(hits))
         return fresh
 
-    def _decode_on_gpu(self, fresh, take) -> Dict[bytes, Tuple[Source, Optional[bytes]]]:
-        """Decode the JPEGs among ``fresh`` on the GPU, ``take(key, pixels)`` each; the
-        rest (other formats, arrays, what nvJPEG refuses) is returned for the CPU."""
+    def _decode_on_gpu(self, fresh, take, on_device: bool = False
+                       ) -> Dict[bytes, Tuple[Source, Optional[bytes]]]:
+        """Decode the JPEGs among ``fresh`` on the GPU, ``take(key, pixels)`` each (device
+        tensors with ``on_device``, else host arrays); the rest (other formats, arrays,
+        what nvJPEG refuses) is returned for the CPU."""
         jpegs, rest = {}, {}
         for key, (item, data) in fresh.items():
             if data is None and item.path is not None:
@@ -659,7 +688,7 @@ class _Run:
             (jpegs if is_jpeg(data) else rest)[key] = (item, data)
         if jpegs:
             t = time.perf_counter()
-            images = self.gpu.decode([data for _, data in jpegs.values()])
+            images = self.gpu.decode([data for _, data in jpegs.values()], on_device=on_device)
             self.stats["decode_s"] += time.perf_counter() - t
             for (key, pair), pixels in zip(jpegs.items(), images):
                 if pixels is None:
@@ -815,7 +844,8 @@ class _Run:
                         self.stats["cache_hits"] += 1
                         self._deliver(key, vec)
                 keep = np.flatnonzero(~found)
-                keys, pixels = [keys[i] for i in keep], pixels[keep]
+                keys = [keys[i] for i in keep]
+                pixels = pixels.take(keep) if isinstance(pixels, DevicePixels) else pixels[keep]
         if not keys:
             return None
         t = time.perf_counter()

@@ -10,7 +10,8 @@ import numpy as np
 
 from .._env import accelerator, import_keras
 
-__all__ = ["InFlight", "PaddedForward", "compiled_forward", "default_batch_size"]
+__all__ = ["DevicePixels", "InFlight", "PaddedForward", "compiled_forward",
+           "default_batch_size"]
 
 log = logging.getLogger("featx")
 
@@ -217,10 +218,15 @@ class PaddedForward:
             self._fn = compiled_forward(self.model, (self.batch_size, *self.input_shape),
                                         self.jit_compile, self.preprocessing, self.runtime,
                                         self.identity)
-        pixels = np.asarray(pixels, dtype=self.dtype)
-        if n < self.batch_size:
-            pad = np.zeros((self.batch_size - n, *pixels.shape[1:]), dtype=self.dtype)
-            pixels = np.concatenate([pixels, pad])
+        if isinstance(pixels, DevicePixels):  # already on the device: no host round trip
+            if self.preprocessing is None or self.runtime != "keras":
+                raise ValueError("device batches go to the Keras forward that takes uint8")
+            pixels = pixels.padded(self.batch_size).for_backend()
+        else:
+            pixels = np.asarray(pixels, dtype=self.dtype)
+            if n < self.batch_size:
+                pad = np.zeros((self.batch_size - n, *pixels.shape[1:]), dtype=self.dtype)
+                pixels = np.concatenate([pixels, pad])
         fn = self._fn
         if not isinstance(fn, _Compiled):
             fn = _Compiled(fn, _as_float32)
@@ -256,3 +262,103 @@ class InFlight:
     def result(self) -> np.ndarray:
         """float32 outputs of the rows that were given (padding cut)."""
         return np.asarray(self._fetch(self._out), dtype=np.float32)[:self.n]
+
+
+class DevicePixels:
+    """A batch of uint8 ``(n, H, W, 3)`` pixels that lives where it was decoded (the GPU).
+
+    The GPU decoder (:class:`~featx.engine.GpuJpegDecoder`) fills batches on the
+    device; :meth:`PaddedForward.dispatch` pads them there and hands them to the
+    Keras backend through DLPack, so they never cross to the host and back.
+    ``array`` is a torch tensor (on CUDA, in practice) or any array of the Python
+    array API that exports DLPack (a JAX array; numpy, which stays on the host).
+
+    Examples
+    --------
+    >>> import numpy as np, featx
+    >>> from featx.engine import DevicePixels, PaddedForward
+    >>> bb = featx.get_backbone("mobilenet_v2", weights=None, input_size=32)
+    >>> forward = PaddedForward(bb.model, 4, (32, 32, 3), preprocessing=bb.preprocessing)
+    >>> pixels = np.zeros((3, 32, 32, 3), np.uint8)
+    >>> bool(np.allclose(forward.dispatch(DevicePixels(pixels)).result(), forward(pixels)))
+    True
+    """
+
+    __slots__ = ("array",)
+
+    def __init__(self, array):
+        self.array = array
+
+    @classmethod
+    def stack(cls, images) -> "DevicePixels":
+        """One batch of images that are each ``(H, W, 3)`` on the same device."""
+        images = list(images)
+        if _is_torch(images[0]):
+            import torch
+
+            return cls(torch.stack(images))
+        return cls(_namespace(images[0]).stack(images))
+
+    def __len__(self) -> int:
+        return int(self.array.shape[0])
+
+    def take(self, rows) -> "DevicePixels":
+        """The batch's ``rows`` (an index array), still on the device."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if _is_torch(self.array):
+            import torch
+
+            index = torch.as_tensor(rows, device=self.array.device)
+            return DevicePixels(self.array[index])
+        xp = _namespace(self.array)
+        return DevicePixels(xp.take(self.array, xp.asarray(rows), axis=0))
+
+    def padded(self, size: int) -> "DevicePixels":
+        """The batch with zero images appended up to ``size`` rows (on the device)."""
+        extra = size - len(self)
+        if extra <= 0:
+            return self
+        shape = (extra, *self.array.shape[1:])
+        if _is_torch(self.array):
+            import torch
+
+            return DevicePixels(torch.cat([self.array, self.array.new_zeros(shape)]))
+        xp = _namespace(self.array)
+        return DevicePixels(xp.concat([self.array, xp.zeros(shape, dtype=self.array.dtype)]))
+
+    def for_backend(self):
+        """The same memory as the Keras backend's own array, through DLPack (numpy, on
+        the host already, is passed as it is)."""
+        if isinstance(self.array, np.ndarray):
+            return self.array
+        backend = import_keras().backend.backend()
+        if backend == "jax":
+            import jax.dlpack
+
+            return jax.dlpack.from_dlpack(self.array)
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return tf.experimental.dlpack.from_dlpack(self.array.__dlpack__())
+        if backend == "torch":
+            import torch
+
+            return torch.from_dlpack(self.array)
+        return self.to_host()  # a backend without DLPack: through the host
+
+    def to_host(self) -> np.ndarray:
+        """The pixels as numpy (one transfer)."""
+        if _is_torch(self.array):
+            return self.array.cpu().numpy()
+        return np.asarray(self.array)
+
+
+def _is_torch(array) -> bool:
+    return type(array).__module__.startswith("torch")
+
+
+def _namespace(array):
+    """The Python array API namespace of ``array`` (numpy for numpy arrays)."""
+    if isinstance(array, np.ndarray):
+        return np
+    return array.__array_namespace__()

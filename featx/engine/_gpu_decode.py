@@ -11,9 +11,11 @@ and its vectors never mix with CPU-decoded ones. Only JPEGs go to the GPU;
 other formats, arrays and anything nvJPEG refuses fall back to the CPU decode
 pool one by one, under the same ``on_error`` rules.
 
-The fitted images come back to the host as uint8 (150 KB per 224 px image, a
-few microseconds of PCIe each) and join the engine's batches like CPU-decoded
-ones, so every backend and the store work unchanged.
+The fitted images stay on the GPU: the engine stacks them into their own
+batches there (:class:`~featx.engine.DevicePixels`) and hands each to the
+Keras backend through DLPack, so decoded pixels never cross to the host. Images
+the CPU decodes (fallbacks) form ordinary host batches beside them; the
+OpenVINO runtime (CPU only) takes host copies.
 """
 
 from __future__ import annotations
@@ -118,12 +120,18 @@ class GpuJpegDecoder:
         self.size = (int(size[0]), int(size[1]))
         self.policy = policy
 
-    def decode(self, blobs: Sequence[bytes]) -> List[Optional[np.ndarray]]:
-        """uint8 ``(H, W, 3)`` per blob, None where nvJPEG refused it (decode those on the CPU)."""
+    def decode(self, blobs: Sequence[bytes], on_device: bool = False) -> list:
+        """uint8 ``(H, W, 3)`` per blob, None where nvJPEG refused it (decode those on the CPU).
+
+        numpy arrays on the host; with ``on_device=True``, torch tensors left on the
+        GPU for :class:`~featx.engine.DevicePixels` batches (no host round trip).
+        """
         import torch
 
         images = self._decode_on_device(blobs)
         fitted = [None if image is None else self._fit(image) for image in images]
+        if on_device:
+            return fitted
         good = [i for i, image in enumerate(fitted) if image is not None]
         out: List[Optional[np.ndarray]] = [None] * len(blobs)
         if good:  # one transfer for the whole group
