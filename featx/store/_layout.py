@@ -106,10 +106,7 @@ def group(f: h5py.File | None, fp: str) -> h5py.Group | None:
     """The group of fingerprint ``fp``, or None."""
     if f is None:
         return None
-    root = f.get(_ROOT)
-    if root is None:
-        return None
-    g = root.get(fp)
+    g = f.get(f"{_ROOT}/{fp}")  # one path lookup: this runs on every read
     return g if isinstance(g, h5py.Group) else None
 
 
