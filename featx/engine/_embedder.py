@@ -408,7 +408,7 @@ class Embedder:
                           cache_hits=len(todo.keys), pool="none", decoder=decoder)
         return out, keys
 
-    def _forward_batch(self, pixels: np.ndarray):
+    def _forward_batch(self, pixels: Union[np.ndarray, DevicePixels]):
         """Start the forward of one batch: an :class:`~featx.engine.InFlight` (collected
         after the next batch is dispatched), or the vectors themselves."""
         if self._forward is None:
