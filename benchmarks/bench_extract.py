@@ -43,6 +43,7 @@ import io
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -52,8 +53,9 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 from _common import (  # noqa: E402
-    command_line, fmt, load_average, machine_info, machine_markdown, md_table, median,
+    DOC, command_line, fmt, load_average, machine_info, machine_markdown, md_table, median,
     peak_rss_mib, quiet_tensorflow, runs, write_section,
 )
 
@@ -727,6 +729,33 @@ def explain_p2(set_name, ratio, fwd_ips, pred_ips, e2e_ips, seeds_ips, seeds_in_
     return s + "."
 
 
+def kept_parts(doc: Path, titles: List[str]) -> str:
+    """The subsections starting with ``titles`` from the section now in ``doc``, each
+    marked with the date of the run that measured it (``--parts`` re-runs only some)."""
+    if not titles or not doc.exists():
+        return ""
+    start, end = _common._markers(SECTION)
+    text = doc.read_text(encoding="utf8")
+    i, j = text.find(start), text.find(end)
+    if i < 0 or j < 0:
+        return ""
+    body = text[i + len(start):j]
+    date = re.search(r"\*\*Date\*\*: ([^\n]*?)\.\s", body)
+    blocks = re.split(r"(?m)^(?=### )", body)
+    out = []
+    for title in titles:
+        for block in blocks:
+            if block.startswith(title):
+                note = "*Not re-measured by this command"
+                if date and "*Not re-measured" not in block:
+                    note += f"; from the run of {date.group(1)}"
+                lines = block.rstrip().split("\n")
+                if "*Not re-measured" not in block:
+                    lines.insert(1, "\n" + note + ".*")
+                out.append("\n".join(lines))
+    return "\n\n" + "\n\n".join(out) + "\n" if out else ""
+
+
 def render(args, info, load_start, load_end, sets, ext, p4, p5, quick_note) -> str:
     out = [f"## Extraction engine (`benchmarks/bench_extract.py`)", ""]
     if quick_note:
@@ -1033,6 +1062,10 @@ def main(argv=None) -> int:
     note = ("Quick smoke run (--quick): small inputs, one repeat — not the acceptance numbers."
             if args.quick else "")
     text = render(args, info, load_start, load_end, sets, ext, p4, p5, note)
+    if not args.quick:  # parts not re-measured keep their last numbers, said as such
+        text += kept_parts(Path(args.doc) if args.doc else DOC,
+                           [title for part, title in (("p4", "### P4"), ("p5", "### P5"))
+                            if part not in args.parts])
     say("\n" + "=" * 78 + "\n" + text)
     if not args.no_write:
         path = write_section(SECTION, text, **({"path": args.doc} if args.doc else {}))
