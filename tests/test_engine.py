@@ -469,13 +469,14 @@ def test_a_device_batch_reaches_the_forward_through_dlpack_unchanged(bb):
                                forward(images[[0, 3]]), atol=1e-6)
 
 
-class _PillowOnTheDevice:
-    """Stands in for GpuJpegDecoder (nvJPEG needs CUDA): decodes JPEGs with Pillow and
-    returns them as a device decoder does, refusing one so the CPU fallback runs too."""
+class _PillowOnTheDevice(featx.engine.GpuJpegDecoder):
+    """Stands in for nvJPEG (it needs CUDA): decodes JPEGs with Pillow and returns them
+    as the device decoder does, refusing one so the CPU fallback runs too; the rest of
+    GpuJpegDecoder (which images go to it) is the real one."""
 
     calls: list = []
 
-    def __init__(self, size, policy="squash"):
+    def __init__(self, size, policy="squash"):  # no CUDA check
         self.size, self.policy = size, policy
 
     def decode(self, blobs, on_device=False):

@@ -18,11 +18,11 @@ import numpy as np
 
 from ..backbones import Backbone, get_backbone
 from ..errors import EmbedInterrupted, FeatxError, InvalidParameterError
-from ..images import RESIZE_POLICIES, Source, as_sources, read_bytes
+from ..images import RESIZE_POLICIES, Source, as_sources
 from ..store import EmbeddingStore
 from ._decode import POOLS, DecodePool, choose_pool, default_workers
 from ._forward import DevicePixels, InFlight, PaddedForward, default_batch_size
-from ._gpu_decode import DECODERS, GPU_DECODER_ID, GpuJpegDecoder, is_jpeg, resolve_decoder
+from ._gpu_decode import DECODERS, GPU_DECODER_ID, GpuJpegDecoder, resolve_decoder
 from ._runtime import RUNTIMES, resolve_runtime
 from ._keys import KEYS, key_source, vector_fingerprint
 from ._memo import MEMO
@@ -445,6 +445,17 @@ def _new_stats(n: int) -> Dict[str, float]:
                 decode_s=0.0, forward_s=0.0, write_s=0.0, lookup_s=0.0, lock_s=0.0, wait_s=0.0)
 
 
+def _progress_bar(show: Optional[bool], n: int, desc: str):
+    """A tqdm bar on stderr (``show=None``: only on a terminal), or None."""
+    if show is None:
+        show = sys.stderr.isatty()
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=n, desc=desc, unit="img", file=sys.stderr)
+
+
 _DONE = object()
 _JOIN_TIMEOUT_S = 5.0
 _QUEUE_ITEMS = 3  # batches decoded ahead of the forward
@@ -476,7 +487,7 @@ class _Run:
         kind = choose_pool(embedder.pool, n, embedder.workers)
         self.stats["pool"] = kind
         self.pool = DecodePool(self.size, embedder.policy, embedder.workers, kind)
-        self.bar = self._make_bar(n)
+        self.bar = _progress_bar(embedder.progress, n, f"embed {self.bb.name}")
         decoder = resolve_decoder(embedder.decoder)
         self.stats["decoder"] = decoder
         self.gpu = GpuJpegDecoder(self.size, embedder.policy) if decoder == "gpu" else None
@@ -485,16 +496,6 @@ class _Run:
         self.on_device = self.gpu is not None and resolve_runtime(embedder.runtime) == "keras"
         self.fp, self.spec = embedder._group(decoder)
         self.lock = threading.Lock()
-
-    def _make_bar(self, n):
-        show = self.e.progress
-        if show is None:
-            show = sys.stderr.isatty()
-        if not show:
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=n, desc=f"embed {self.bb.name}", unit="img", file=sys.stderr)
 
     def close(self):
         self.stop.set()
@@ -672,29 +673,11 @@ class _Run:
             self._put_item(_Hits(hits))
         return fresh
 
-    def _decode_on_gpu(self, fresh, take, on_device: bool = False
-                       ) -> Dict[bytes, Tuple[Source, Optional[bytes]]]:
-        """Decode the JPEGs among ``fresh`` on the GPU, ``take(key, pixels)`` each (device
-        tensors with ``on_device``, else host arrays); the rest (other formats, arrays,
-        what nvJPEG refuses) is returned for the CPU."""
-        jpegs, rest = {}, {}
-        for key, (item, data) in fresh.items():
-            if data is None and item.path is not None:
-                try:
-                    data = read_bytes(item.path)
-                except FeatxError:  # the CPU path reports it under on_error
-                    rest[key] = (item, None)
-                    continue
-            (jpegs if is_jpeg(data) else rest)[key] = (item, data)
-        if jpegs:
-            t = time.perf_counter()
-            images = self.gpu.decode([data for _, data in jpegs.values()], on_device=on_device)
-            self.stats["decode_s"] += time.perf_counter() - t
-            for (key, pair), pixels in zip(jpegs.items(), images):
-                if pixels is None:
-                    rest[key] = pair
-                else:
-                    take(key, pixels)
+    def _decode_on_gpu(self, fresh, take, on_device: bool = False):
+        """:meth:`GpuJpegDecoder.decode_jpegs` of ``fresh``, its seconds counted."""
+        t = time.perf_counter()
+        rest = self.gpu.decode_jpegs(fresh, take, on_device=on_device)
+        self.stats["decode_s"] += time.perf_counter() - t
         return rest
 
     def _take_decoded(self, key: bytes, result, pending: "_Pending") -> None:

@@ -24,7 +24,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import InvalidParameterError, MissingDependencyError
+from ..errors import FeatxError, InvalidParameterError, MissingDependencyError
+from ..images import read_bytes
 
 __all__ = ["DECODERS", "GPU_DECODER_ID", "GpuJpegDecoder", "gpu_decoder_unavailable",
            "is_jpeg", "resolve_decoder"]
@@ -139,6 +140,29 @@ class GpuJpegDecoder:
             for row, i in enumerate(good):
                 out[i] = host[row]
         return out
+
+    def decode_jpegs(self, fresh: dict, take, on_device: bool = False) -> dict:
+        """Decode the JPEGs among ``fresh`` (``key -> (Source, bytes or None)``) and
+        ``take(key, pixels)`` each; return the rest (other formats, arrays, unreadable
+        files, what nvJPEG refuses) for the CPU decoders, which report errors under the
+        engine's ``on_error``."""
+        jpegs, rest = {}, {}
+        for key, (item, data) in fresh.items():
+            if data is None and item.path is not None:
+                try:
+                    data = read_bytes(item.path)
+                except FeatxError:  # the CPU path reports it
+                    rest[key] = (item, None)
+                    continue
+            (jpegs if is_jpeg(data) else rest)[key] = (item, data)
+        if jpegs:
+            images = self.decode([data for _, data in jpegs.values()], on_device=on_device)
+            for (key, pair), pixels in zip(jpegs.items(), images):
+                if pixels is None:
+                    rest[key] = pair
+                else:
+                    take(key, pixels)
+        return rest
 
     @staticmethod
     def _decode_on_device(blobs):
