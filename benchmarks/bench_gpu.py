@@ -192,10 +192,18 @@ def stage_host(a) -> None:
         def _forward_batch(self, pixels):
             return np.zeros((len(pixels), self.backbone.dim), np.float32)
 
+    from featx.engine import DecodePool, default_workers
+
+    workers = default_workers()
     for label, paths in _sets(a).items():
         for pool in ("threads", "processes"):
-            walls, cpus = [], []
-            for _ in range(3):
+            # Paired with decode_image alone in the same pool kind and worker count,
+            # alternating, so drift in a shared machine's speed cancels in each ratio.
+            walls, cpus, decode_walls = [], [], []
+            for _ in range(max(3, a.reps)):
+                with DecodePool((a.size, a.size), workers=workers, kind=pool) as decoders:
+                    list(decoders.map(paths[: workers * 4]))  # start the workers
+                    decode_walls.append(_seconds(lambda: list(decoders.map(paths))))
                 KEYS._keys.clear()  # as a new process would: every file read and hashed
                 with tempfile.TemporaryDirectory() as folder:
                     embedder = ForwardSkipped(bb, store=os.path.join(folder, "s.h5"),
@@ -204,7 +212,9 @@ def stage_host(a) -> None:
                     walls.append(_seconds(lambda: embedder.embed(paths)))
                     cpus.append(time.process_time() - cpu)
             emit(a.out, stage="host", set=label, pool=pool, batch=a.batch, images=len(paths),
-                 img_s=round(len(paths) / median(walls), 1),
+                 workers=workers, img_s=round(len(paths) / median(walls), 1),
+                 decode_img_s=round(len(paths) / median(decode_walls), 1),
+                 paired_ratios=[round(d / w, 3) for d, w in zip(decode_walls, walls)],
                  parent_cpu_us=round(median(cpus) / len(paths) * 1e6))
 
 
@@ -290,11 +300,17 @@ def summarise(rows, a, argv) -> str:
                           f"batch {r['batch']}", f"{r['img_s']:,.0f}",
                           "; ".join(ratios) or "—"])
         elif r.get("stage") == "host":
+            pairs = r.get("paired_ratios")
             ref = decode.get((r["set"], r["pool"]))
+            if pairs:  # decode alone measured beside it, alternating
+                ratio = (f"{median(pairs):.2f} of decode in {r['pool']} (paired: median of "
+                         f"{' / '.join(f'{x:.2f}' for x in pairs)}; decode alone "
+                         f"{r['decode_img_s']:,.0f} img/s)")
+            else:
+                ratio = f"{r['img_s'] / ref:.2f} of decode in {r['pool']}" if ref else "—"
             table.append([f"host pipeline (Embedder, forward skipped), {r['set']}, pool "
                           f"{r['pool']}, batch {r['batch']}; parent CPU {r['parent_cpu_us']} µs/img",
-                          f"{r['img_s']:,.0f}",
-                          f"{r['img_s'] / ref:.2f} of decode in {r['pool']}" if ref else "—"])
+                          f"{r['img_s']:,.0f}", ratio])
         elif r.get("stage") == "decode":
             table.append([f"decode_image alone, {r['set']}, {r['workers']} {r['kind']}",
                           f"{r['img_s']:,.0f}", ""])
