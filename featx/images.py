@@ -593,7 +593,7 @@ def _read_at_most(fd: int, expected: int, cap: int) -> bytes:
 
     Asks for the size ``fstat`` gave plus one byte first: a buffered ``read(cap)``
     allocates ``cap`` bytes up front (the whole per-image limit), which made reading
-    a 500 KB JPEG cost 400 µs instead of 60.
+    a 47 KB JPEG cost 107 µs instead of 51.
     """
     parts, total = [], 0
     want = min(cap, max(expected, 0) + 1)

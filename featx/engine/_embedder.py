@@ -828,7 +828,7 @@ class _Run:
                         self._deliver(key, vec)
                 keep = np.flatnonzero(~found)
                 keys = [keys[i] for i in keep]
-                pixels = pixels.take(keep) if isinstance(pixels, DevicePixels) else pixels[keep]
+                pixels = pixels[keep]  # numpy, or DevicePixels filtered on the device
         if not keys:
             return None
         t = time.perf_counter()

@@ -228,8 +228,6 @@ class PaddedForward:
                 pad = np.zeros((self.batch_size - n, *pixels.shape[1:]), dtype=self.dtype)
                 pixels = np.concatenate([pixels, pad])
         fn = self._fn
-        if not isinstance(fn, _Compiled):
-            fn = _Compiled(fn, _as_float32)
         return InFlight(fn.launch(pixels), fn.fetch, n, fn.asynchronous)
 
     def __getstate__(self):
@@ -301,6 +299,9 @@ class DevicePixels:
 
     def __len__(self) -> int:
         return int(self.array.shape[0])
+
+    def __getitem__(self, rows) -> "DevicePixels":
+        return self.take(rows)
 
     def take(self, rows) -> "DevicePixels":
         """The batch's ``rows`` (an index array), still on the device."""

@@ -26,8 +26,7 @@ class StoreReads:
 
     def _meta(self, g: h5py.Group) -> dict:
         # The fixed attributes of a group are read once per token (see read_meta).
-        metas = self.__dict__.setdefault("_metas", {})
-        meta = metas[g.name] = _layout.read_meta(g, self.path, metas.get(g.name))
+        meta = self._metas[g.name] = _layout.read_meta(g, self.path, self._metas.get(g.name))
         return meta
 
     def _index(self, g: h5py.Group, fp: str, meta: dict) -> _KeyIndex:
@@ -48,10 +47,8 @@ class StoreReads:
                 idx.extend(_void(ds[lo:hi]), lo)
         return idx
 
-    def _read_rows(self, g: h5py.Group, fp: str, meta: dict, rows: np.ndarray) -> np.ndarray:
-        index = self._indexes.get(fp)
-        if index is not None and index.token != meta["token"]:
-            index = None
+    def _read_rows(self, g: h5py.Group, fp: str, meta: dict, rows: np.ndarray,
+                   index: _KeyIndex | None = None) -> np.ndarray:
         return _layout.read_rows(g, fp, meta, rows, self.verify_reads, self.path, index)
 
     def fingerprints(self) -> list[str]:
@@ -239,12 +236,13 @@ class StoreReads:
             if spec is not None:
                 self._check_compatible(g, fp, _canonical_spec(spec)[0], dim, check_dtype=False,
                                        meta=meta)
-            rows = self._index(g, fp, meta).lookup(kv)
+            index = self._index(g, fp, meta)
+            rows = index.lookup(kv)
             found = rows >= 0
             if not found.any():
                 return np.full((n, meta["dim"]), np.nan, np.float32), found
             urows, inverse = np.unique(rows[found], return_inverse=True)
-            vals = self._read_rows(g, fp, meta, urows)
+            vals = self._read_rows(g, fp, meta, urows, index)
         if len(urows) == n and np.array_equal(rows, urows):
             return vals, found  # every key found, already in row order
         out = np.empty((n, meta["dim"]), np.float32)

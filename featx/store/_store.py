@@ -119,6 +119,7 @@ class EmbeddingStore(StoreReads, StoreWrites, StoreSources):
         self.verify_reads = bool(verify_reads)
         self._mutex = threading.RLock()
         self._indexes: dict[str, _KeyIndex] = {}
+        self._metas: dict[str, dict] = {}  # group name -> its attributes (see read_meta)
         self._held_by: int | None = None  # thread holding exclusive() — its ops skip the flock
 
     # -- plumbing ------------------------------------------------------------------------
@@ -166,7 +167,7 @@ class EmbeddingStore(StoreReads, StoreWrites, StoreSources):
         """
         with self._mutex:
             self._indexes.clear()
-            self.__dict__.pop("_metas", None)
+            self._metas.clear()
 
     @property
     def lock_path(self) -> str:
