@@ -1,7 +1,7 @@
 """A decode worker process of :class:`featx.engine.DecodePool` (``kind="processes"``).
 
 Run as ``python -m featx._decode_worker``: it reads frames of jobs ``("jobs",
-[(source, size, policy, name, key), ...])`` as length-prefixed pickles on stdin and
+[(source, size, policy, name, key), ...], pixel_bytes)`` as length-prefixed pickles on stdin and
 answers each frame with one list of ``(pixels, error, seconds)`` on stdout,
 until stdin closes. Several images per frame keep the worker busy while the
 parent copies the last frame's pixels out, and cost the parent one round trip
@@ -9,10 +9,13 @@ for all of them. It imports only
 Pillow and numpy (through :mod:`featx.images`), never a deep-learning
 framework, so it starts in well under a second.
 
-Pixels do not travel through the pipe: the parent first sends ``("map", path,
-nbytes)``, a file (in ``/dev/shm`` where there is one) that both sides map; the
-worker writes the frame's pixels there one after another and answers
-``(("slot", offset, shape), error, seconds)`` per image. The parent deletes the file once both have mapped it, so nothing is
+Neither pixels nor encoded bytes travel through the pipe: the parent first
+sends ``("map", path, nbytes)``, a file (in ``/dev/shm`` where there is one)
+that both sides map. Its first ``pixel_bytes`` hold the frame's decoded pixels,
+which the worker writes one after another, answering ``(("slot", offset,
+shape), error, seconds)`` per image; the rest holds the frame's encoded images,
+which the parent copies in and names by ``("slot", offset, nbytes)`` in place of
+the bytes. The parent deletes the file once both have mapped it, so nothing is
 left behind whatever happens to either process.
 
 It lives outside :mod:`featx.engine` so that starting it does not import the
@@ -49,10 +52,10 @@ def decode_one(source, size, policy, name, key: Optional[bytes] = None) -> Decod
     """Decode in this process; a FeatxError becomes the result's error, not a raise.
 
     With ``key`` (a path source only), the file is read here and must still have
-    the content the caller keyed: a worker process reads the file itself rather
-    than receive its bytes through a pipe (500 KB per HD JPEG cost the parent
-    ~0.6 ms of CPU), and the check keeps every vector stored under the digest
-    of the very bytes it was computed from.
+    the content the caller keyed: a worker process reads a file too large for its
+    shared input slot itself rather than receive its bytes through a pipe, and
+    the check keeps every vector stored under the digest of the very bytes it
+    was computed from.
     """
     t = time.perf_counter()
     try:
@@ -115,18 +118,22 @@ def main() -> None:
             slot = map_slot(job[1], job[2])
             write_frame(replies, ("mapped",))
             continue
-        write_frame(replies, _decode_frame(job[1], slot))
+        write_frame(replies, _decode_frame(job[1], slot, job[2]))
 
 
-def _decode_frame(jobs, slot: Optional[mmap.mmap]) -> list:
-    """Decode each job; pixels go into ``slot`` back to back while they fit."""
+def _decode_frame(jobs, slot: Optional[mmap.mmap], pixel_bytes: int) -> list:
+    """Decode each job; pixels go into the first ``pixel_bytes`` of ``slot`` back to
+    back while they fit, encoded inputs named ``("slot", offset, nbytes)`` are read
+    from it."""
     replies, offset = [], 0
     for source, size, policy, name, key in jobs:
+        if isinstance(source, tuple):  # ("slot", offset, nbytes): the parent copied it in
+            source = slot[source[1]:source[1] + source[2]]
         result = decode_one(source, size, policy, name, key)
         error = None if result.error is None else (type(result.error).__name__,
                                                    str(result.error))
         pixels = None if result.pixels is None else np.ascontiguousarray(result.pixels)
-        if pixels is not None and slot is not None and offset + pixels.nbytes <= len(slot):
+        if pixels is not None and slot is not None and offset + pixels.nbytes <= pixel_bytes:
             np.frombuffer(slot, np.uint8, count=pixels.nbytes, offset=offset)[:] = \
                 pixels.reshape(-1)
             pixels, offset = ("slot", offset, pixels.shape), offset + pixels.nbytes

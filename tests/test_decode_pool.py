@@ -265,6 +265,68 @@ def test_ctrl_c_reaches_the_parent_and_ends_the_workers(tmp_path):
             proc.kill()
 
 
+@pytest.mark.parametrize("slot_bytes", [None, 2500, 1], ids=["all-fit", "some-fit", "none-fit"])
+def test_encoded_bytes_reach_workers_through_their_slot_frames_sized_to_fit(
+        inputs, tmp_path, monkeypatch, slot_bytes):
+    # Encoded images are copied into the worker's shared slot; a frame takes no more
+    # bytes than it holds, and an image too large for it is piped instead.
+    import featx.engine._decode as decode
+
+    if slot_bytes is not None:
+        monkeypatch.setattr(decode, "INPUT_SLOT_BYTES", slot_bytes)
+    blobs = [open(p, "rb").read() for p in inputs[:9]]
+    assert 1 < max(len(b) for b in blobs) < 2500 < sum(len(b) for b in blobs)
+    frames = []
+    original = decode._inputs_to_slot
+
+    def spy(jobs, slot, start):
+        sent = original(jobs, slot, start)
+        frames.append([s[0] if isinstance(s, tuple) else "piped" for s, *_ in sent])
+        return sent
+
+    monkeypatch.setattr(decode, "_inputs_to_slot", spy)
+    with DecodePool(SIZE, workers=1, kind="processes") as pool:
+        results = list(pool.map(blobs * 3, names=[f"b{i}" for i in range(27)]))
+    for blob, result in zip(blobs * 3, results):
+        assert result.error is None
+        np.testing.assert_array_equal(result.pixels, decode_image(blob, SIZE))
+    sent = [how for frame in frames for how in frame]
+    assert len(sent) == 27
+    if slot_bytes is None:
+        assert set(sent) == {"slot"} and max(map(len, frames)) > 1
+    elif slot_bytes == 2500:  # a frame stops before the image that would overfill it
+        assert set(sent) == {"slot"} and max(map(len, frames)) < 3
+    else:
+        assert set(sent) == {"piped"} and set(map(len, frames)) == {1}
+
+
+def test_a_full_shared_memory_folder_moves_the_slot_to_the_temporary_folder(
+        inputs, monkeypatch):
+    # Writing through a mapping into a full tmpfs is a SIGBUS, not an error: the slot's
+    # pages are reserved up front, and where /dev/shm has no room it goes elsewhere.
+    import errno
+    import tempfile
+
+    import featx.engine._decode as decode
+
+    reserve, folders = os.posix_fallocate, []
+
+    def no_room_in_shm(fd, offset, length):
+        folders.append(os.path.dirname(os.readlink(f"/proc/self/fd/{fd}")))
+        if folders[-1] == "/dev/shm":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return reserve(fd, offset, length)
+
+    monkeypatch.setattr(decode.IDLE_WORKERS, "take", lambda env: None)  # a new slot
+    monkeypatch.setattr(os, "posix_fallocate", no_room_in_shm)
+    with DecodePool(SIZE, workers=1, kind="processes") as pool:
+        result = pool.result(pool.submit(inputs[0]))
+    np.testing.assert_array_equal(result.pixels, decode_image(inputs[0], SIZE))
+    assert folders[-1] == os.path.realpath(tempfile.gettempdir())
+    if os.access("/dev/shm", os.W_OK):
+        assert folders[0] == "/dev/shm"
+
+
 @pytest.mark.parametrize("kind", ["threads", "processes"])
 def test_a_file_decoded_by_path_must_still_have_the_content_that_was_keyed(inputs, kind,
                                                                            tmp_path):
@@ -285,7 +347,7 @@ def test_a_file_decoded_by_path_must_still_have_the_content_that_was_keyed(input
     assert "moving.jpg" in str(changed.error) and "changed while" in str(changed.error)
 
 
-@pytest.mark.parametrize("reread_bytes", [None, 0], ids=["bytes-piped", "files-reread"])
+@pytest.mark.parametrize("reread_bytes", [None, 0], ids=["bytes-in-slot", "files-reread"])
 def test_threads_and_processes_give_the_same_vectors_order_failures_and_counts(
         tmp_path, monkeypatch, reread_bytes):
     if reread_bytes is not None:  # every file re-read by its worker, not only large ones

@@ -13,11 +13,14 @@ Two kinds of workers:
     (measured on a 16-core GPU host: 1,581 img/s in 16 threads against 4,341
     in 16 processes), because the Python glue around each image holds the GIL.
 ``"processes"``
-    Worker interpreters started with ``python -m featx._decode_worker``
+    Worker interpreters running :mod:`featx._decode_worker`
     that import only Pillow and numpy (never TensorFlow), fed over their
     stdin/stdout pipes, several images per frame (up to
     :data:`FRAME_IMAGES`, fewer when the queue is short so every worker gets
-    some), their pixels returned through a shared slot, never pickled. Not ``multiprocessing``: ``fork`` is unsafe once a
+    some). Encoded bytes go to the worker, and its pixels come back, through a
+    memory slot the two processes share, never pickled or piped (files larger
+    than :data:`INPUT_SLOT_BYTES` are read by the worker itself, which checks
+    they still have the key the parent hashed). Not ``multiprocessing``: ``fork`` is unsafe once a
     framework has started its threads, and ``spawn``/``forkserver`` re-import
     the user's ``__main__`` (a script without ``if __name__ == "__main__"``
     would run again in every worker).
@@ -57,8 +60,8 @@ from .._decode_worker import DecodeResult, decode_one, map_slot, read_frame, wri
 from ..errors import FeatxError, ImageDecodeError, InvalidParameterError
 from ..images import Source, check_decode_options
 
-__all__ = ["DecodePool", "DecodeResult", "FRAME_IMAGES", "KINDS", "POOLS", "choose_pool",
-           "default_workers"]
+__all__ = ["DecodePool", "DecodeResult", "FRAME_IMAGES", "INPUT_SLOT_BYTES", "KINDS", "POOLS",
+           "choose_pool", "default_workers"]
 
 #: Worker kinds of :class:`DecodePool`.
 KINDS = ("threads", "processes")
@@ -73,6 +76,11 @@ AUTO_MIN_IMAGES = 256
 
 #: Most images one worker process decodes per frame (one round trip, one slot).
 FRAME_IMAGES = 8
+
+#: Encoded bytes a frame may hand a worker through its shared slot (a frame takes fewer
+#: images when theirs would not fit). Copying 500 KB into it costs the parent ~40 us;
+#: piping it cost ~600 us, and the worker re-reading and re-hashing the file ~390 us.
+INPUT_SLOT_BYTES = 8 << 20
 
 _STOP_TIMEOUT_S = 5.0
 _POLL_S = 0.25
@@ -295,14 +303,16 @@ class _ProcessDecoders:
     """Worker interpreters fed over pipes; one feeder thread per worker in this process.
 
     A feeder takes a frame of queued jobs (up to :data:`FRAME_IMAGES`, a fair
-    share when the queue is short), sends it in one message, and copies the
-    pixels the worker wrote into their shared slot before the next frame: no
-    pixel array is pickled or pushed through a pipe.
+    share when the queue is short, and no more encoded bytes than
+    :data:`INPUT_SLOT_BYTES`), copies their bytes into the worker's shared slot,
+    sends the frame in one message, and copies the pixels the worker wrote there
+    before the next frame: no image is pickled or pushed through a pipe.
     """
 
     def __init__(self, n: int, image_bytes: int):
         self.n = n
-        self.slot_bytes = int(image_bytes) * FRAME_IMAGES
+        self.pixel_bytes = int(image_bytes) * FRAME_IMAGES  # the slot's first part ...
+        self.slot_bytes = self.pixel_bytes + INPUT_SLOT_BYTES  # ... then encoded inputs
         self.jobs: "queue.Queue" = queue.Queue()
         self.stopping = threading.Event()
         self.lock = threading.Lock()
@@ -337,15 +347,17 @@ class _ProcessDecoders:
                 proc.kill()
             self.procs.append(proc)
         if kept is None or len(slot) < self.slot_bytes:
-            slot = self._share_slot(proc)
+            try:
+                slot = self._share_slot(proc)
+            except BaseException:
+                _stop(proc)
+                raise
         return proc, slot
 
     def _share_slot(self, proc: subprocess.Popen):
         """A file both processes map, deleted at once: it outlives neither of them."""
-        folder = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
-        fd, path = tempfile.mkstemp(prefix="featx-pixels-", dir=folder)
+        fd, path = _reserved_file(self.slot_bytes)
         try:
-            os.ftruncate(fd, self.slot_bytes)
             os.close(fd)
             slot = map_slot(path, self.slot_bytes)
             write_frame(proc.stdin, ("map", path, self.slot_bytes))
@@ -354,16 +366,22 @@ class _ProcessDecoders:
             os.unlink(path)
         return slot
 
-    def _take_frame(self) -> list:
-        """The next frame of ``(job, future)`` pairs, each future marked running."""
-        try:
-            first = self.jobs.get(timeout=_POLL_S)
-        except queue.Empty:
-            return []
-        if first is _WAKE:  # close(): stop waiting for work
-            return []
-        frame = [first]
+    def _take_frame(self, first=None) -> Tuple[list, Any]:
+        """The next frame of ``(job, future)`` pairs, each future marked running, and
+        the pair taken that would have overfilled the slot (the next frame's first).
+
+        ``first``: the pair the last frame left over, else the queue's next.
+        """
+        if first is None:
+            try:
+                first = self.jobs.get(timeout=_POLL_S)
+            except queue.Empty:
+                return [], None
+            if first is _WAKE:  # close(): stop waiting for work
+                return [], None
+        frame, left = [first], None
         share = min(FRAME_IMAGES, max(1, -(-(self.jobs.qsize() + 1) // self.n)))
+        room = INPUT_SLOT_BYTES - _encoded_bytes(first[0])
         while len(frame) < share:
             try:
                 item = self.jobs.get_nowait()
@@ -372,15 +390,22 @@ class _ProcessDecoders:
             if item is _WAKE:  # another feeder's: hand it on
                 self.jobs.put(_WAKE)
                 break
+            room -= _encoded_bytes(item[0])
+            if room < 0:  # its bytes would not fit the slot: it starts the next frame
+                left = item
+                break
             frame.append(item)
-        return [(job, future) for job, future in frame if future.set_running_or_notify_cancel()]
+        return ([(job, future) for job, future in frame
+                 if future.set_running_or_notify_cancel()], left)
 
     def _feed(self) -> None:
-        worker = (None, None)  # (process, slot)
+        worker, left = (None, None), None  # (process, slot); a pair for the next frame
         while not self.stopping.is_set():
-            frame = self._take_frame()
+            frame, left = self._take_frame(left)
             if frame:
                 worker = self._run(worker, frame)
+        if left is not None and left[1].set_running_or_notify_cancel():
+            left[1].set_exception(FeatxError("the decode pool was closed"))
         proc, slot = worker
         if proc is None:
             return
@@ -397,7 +422,8 @@ class _ProcessDecoders:
         try:
             if proc is None or proc.poll() is not None:
                 proc, slot = self._start()
-            for (_, future), result in zip(frame, self._ask(proc, slot, [j for j, _ in frame])):
+            jobs = [job for job, _ in frame]
+            for (_, future), result in zip(frame, self._ask(proc, slot, jobs, self.pixel_bytes)):
                 future.set_result(result)
             return proc, slot
         except BaseException as exc:  # the worker died or the pipe broke
@@ -421,8 +447,8 @@ class _ProcessDecoders:
             return None, None
 
     @staticmethod
-    def _ask(proc: subprocess.Popen, slot, jobs) -> List[DecodeResult]:
-        write_frame(proc.stdin, ("jobs", jobs))
+    def _ask(proc: subprocess.Popen, slot, jobs, pixel_bytes: int) -> List[DecodeResult]:
+        write_frame(proc.stdin, ("jobs", _inputs_to_slot(jobs, slot, pixel_bytes), pixel_bytes))
         results = []
         for pixels, error, seconds in read_frame(proc.stdout):
             if isinstance(pixels, tuple):  # ("slot", offset, shape): copied before the next frame
@@ -456,6 +482,46 @@ class _ProcessDecoders:
         with self.lock:
             for proc in self.procs:
                 _stop(proc)
+
+
+def _encoded_bytes(job) -> int:
+    """Bytes ``job``'s source takes in the shared slot (a path or an array: none)."""
+    return len(job[0]) if isinstance(job[0], (bytes, bytearray)) else 0
+
+
+def _inputs_to_slot(jobs, slot, start: int) -> list:
+    """``jobs`` with each encoded source that fits copied into ``slot`` from ``start`` on
+    and named ``("slot", offset, nbytes)``; the rest (paths, arrays) go as they are.
+    The jobs themselves are left alone: a frame retried on a new worker is copied again."""
+    sent, offset = [], start
+    for source, *rest in jobs:
+        n = _encoded_bytes((source,))
+        if n and offset + n <= len(slot):
+            slot[offset:offset + n] = source
+            source, offset = ("slot", offset, n), offset + n
+        sent.append((source, *rest))
+    return sent
+
+
+def _reserved_file(nbytes: int) -> Tuple[int, str]:
+    """``(fd, path)`` of a new file of ``nbytes`` whose pages are allocated now, in
+    ``/dev/shm`` while it has room, else the temporary folder.
+
+    Reserved, because a write through a mapping into a full tmpfs (a container's
+    64 MB ``/dev/shm``) kills the process with SIGBUS instead of raising.
+    """
+    folders = ["/dev/shm"] if os.access("/dev/shm", os.W_OK) else []
+    for folder in (*folders, tempfile.gettempdir()):
+        fd, path = tempfile.mkstemp(prefix="featx-pixels-", dir=folder)
+        try:
+            os.posix_fallocate(fd, 0, nbytes)
+            return fd, path
+        except OSError:
+            os.close(fd)
+            os.unlink(path)
+            if folder != "/dev/shm":
+                raise
+    raise AssertionError("unreachable")
 
 
 def _stop(proc: subprocess.Popen) -> None:

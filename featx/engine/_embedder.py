@@ -20,7 +20,7 @@ from ..backbones import Backbone, get_backbone
 from ..errors import EmbedInterrupted, FeatxError, InvalidParameterError
 from ..images import RESIZE_POLICIES, Source, as_sources
 from ..store import EmbeddingStore
-from ._decode import POOLS, DecodePool, choose_pool, default_workers
+from ._decode import INPUT_SLOT_BYTES, POOLS, DecodePool, choose_pool, default_workers
 from ._forward import DevicePixels, InFlight, PaddedForward, default_batch_size
 from ._gpu_decode import DECODERS, GPU_DECODER_ID, GpuJpegDecoder, resolve_decoder
 from ._runtime import RUNTIMES, resolve_runtime
@@ -32,10 +32,9 @@ __all__ = ["Embedder", "EmbedFailure", "ON_ERROR"]
 
 log = logging.getLogger("featx")
 
-#: Files from this size on are read again by a decode worker process instead of being
-#: sent through its pipe: 500 KB HD JPEGs cost the parent ~0.6 ms each to send; below
-#: it, re-reading and re-hashing in the worker costs more than the pipe.
-_REREAD_BYTES = 128 * 1024
+#: Files larger than this are read again by a decode worker process (which checks their
+#: key) instead of being copied into its shared input slot, which they would not fit.
+_REREAD_BYTES = INPUT_SLOT_BYTES
 
 #: What to do with an image that cannot be read or decoded.
 ON_ERROR = ("raise", "skip")
@@ -617,9 +616,9 @@ class _Run:
                 by_path = self.pool.kind == "processes"
                 for key, (item, data) in fresh.items():
                     if (by_path and data is not None and item.path is not None
-                            and len(data) >= _REREAD_BYTES):
-                        # A worker re-reads the file from the page cache and checks its
-                        # key: cheaper for this process than piping large bytes over.
+                            and len(data) > _REREAD_BYTES):
+                        # Too large for the worker's shared input slot: it re-reads the
+                        # file from the page cache and checks its key (no piping).
                         future = self.pool.submit(item.path, item.describe(), key=key)
                     else:
                         future = self.pool.submit(data if data is not None else item,
