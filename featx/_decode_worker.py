@@ -1,6 +1,7 @@
 """A decode worker process of :class:`featx.engine.DecodePool` (``kind="processes"``).
 
-Run as ``python -m featx._decode_worker``: it reads frames of jobs ``("jobs",
+Started by the pool (``_WORKER_MAIN`` in :mod:`featx.engine._decode`), or by hand
+with ``python -m featx._decode_worker``: it reads frames of jobs ``("jobs",
 [(source, size, policy, name, key), ...], pixel_bytes)`` as length-prefixed pickles on stdin and
 answers each frame with one list of ``(pixels, error, seconds)`` on stdout,
 until stdin closes. Several images per frame keep the worker busy while the

@@ -209,6 +209,49 @@ def test_workers_exit_when_their_parent_is_killed(inputs, tmp_path):
             proc.kill()
 
 
+def test_a_worker_that_cannot_start_fails_the_run_not_the_images(inputs, tmp_path,
+                                                                 monkeypatch):
+    # A worker that dies before it answers (a broken environment) is no image's fault:
+    # the run stops with the reason, even where bad images would be skipped.
+    import featx.engine._decode as decode
+
+    monkeypatch.setattr(decode.IDLE_WORKERS, "take", lambda env: None)
+    monkeypatch.setattr(decode, "_WORKER_MAIN", "raise SystemExit('no worker today')")
+    t = time.monotonic()
+    with DecodePool(SIZE, workers=2, kind="processes") as pool:
+        with pytest.raises(FeatxError, match="could not start a decode worker process"):
+            list(pool.map(inputs[:3]))
+    bb = featx.get_backbone("mobilenet_v2", weights=None, input_size=32)
+    emb = Embedder(bb, batch_size=4, progress=False, pool="processes", workers=2,
+                   on_error="skip")
+    with pytest.raises(FeatxError, match="pool='threads'"):
+        emb.embed(inputs[:3])
+    assert time.monotonic() - t < 60
+
+
+DECOY_CHILD = textwrap.dedent("""
+    import sys
+    from featx.engine import DecodePool
+    with DecodePool((24, 24), workers=1, kind="processes") as pool:
+        errors = [r.error for r in pool.map(sys.argv[1:])]
+    print("ERRORS", errors, flush=True)
+""")
+
+
+def test_workers_import_the_parents_featx_not_one_in_the_working_folder(inputs, tmp_path):
+    # `python -m` would import a featx folder in the working directory (another
+    # checkout, an older version) into the worker, whatever the parent runs.
+    decoy = tmp_path / "elsewhere" / "featx"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text("raise SystemExit('a decoy featx was imported')\n")
+    script = tmp_path / "parent.py"
+    script.write_text(DECOY_CHILD)
+    done = subprocess.run([sys.executable, str(script), *inputs[:2]], cwd=decoy.parent,
+                          capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr
+    assert "ERRORS [None, None]" in done.stdout, done.stdout + done.stderr
+
+
 CTRL_C_CHILD = textwrap.dedent("""
     import sys, time
     import featx

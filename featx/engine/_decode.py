@@ -87,6 +87,13 @@ _POLL_S = 0.25
 #: Put in the job queue by close(), once per feeder, so none waits out its poll.
 _WAKE = object()
 
+#: A worker's command. ``python -m`` would put the working folder first on
+#: ``sys.path``, so a ``featx`` folder there (another checkout) would be imported
+#: instead of the parent's and speak another protocol; ``-c`` puts ``''`` there,
+#: which is dropped, and the parent's featx comes first on ``PYTHONPATH``.
+_WORKER_MAIN = ("import sys; sys.path[:1] == [''] and sys.path.pop(0); "
+                "from featx._decode_worker import main; main()")
+
 
 def choose_pool(pool: str, n_images: int, workers: int) -> str:
     """The pool kind a job runs on: ``pool`` itself, or for ``"auto"`` the measured choice.
@@ -339,7 +346,7 @@ class _ProcessDecoders:
         if kept is not None:
             proc, slot = kept
         else:
-            proc = subprocess.Popen([sys.executable, "-m", "featx._decode_worker"],
+            proc = subprocess.Popen([sys.executable, "-c", _WORKER_MAIN],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     env=self.env, close_fds=True)
         with self.lock:
@@ -419,9 +426,18 @@ class _ProcessDecoders:
     def _run(self, worker, frame):
         """Decode one frame on ``worker`` (started if needed); the worker in use after."""
         proc, slot = worker
-        try:
-            if proc is None or proc.poll() is not None:
+        if proc is None or proc.poll() is not None:
+            try:
                 proc, slot = self._start()
+            except Exception as exc:  # not the images' fault: their callers get the error
+                why = ("the decode pool was closed" if self.stopping.is_set() else
+                       f"could not start a decode worker process ({type(exc).__name__}: "
+                       f"{exc}; its own error output, if any, went to stderr); "
+                       "pool='threads' decodes without worker processes")
+                for _, future in frame:
+                    future.set_exception(FeatxError(why))
+                return None, None
+        try:
             jobs = [job for job, _ in frame]
             for (_, future), result in zip(frame, self._ask(proc, slot, jobs, self.pixel_bytes)):
                 future.set_result(result)
