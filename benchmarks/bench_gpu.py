@@ -294,7 +294,9 @@ def summarise(rows, a, argv) -> str:
             ref = decode.get((r["set"], "processes"))
             fwd = forward.get((r["backend"], r["model"], r["dtype"]))
             ratios = ([f"{r['img_s'] / ref:.2f} of decode in processes"] if ref else []) + \
-                ([f"{r['img_s'] / fwd:.2f} of the uint8 forward"] if fwd else [])
+                ([f"{r['img_s'] / fwd:.2f} of the uint8 forward"
+                  + (f" (measured at batch {a.batch})" if r["batch"] != a.batch else "")]
+                 if fwd else [])
             table.append([f"Embedder {r['model']} {r['dtype']} ({r['backend']}), {r['set']}, "
                           f"pool {r['pool']}, decoder {r.get('decoder', 'cpu')}, "
                           f"batch {r['batch']}", f"{r['img_s']:,.0f}",
