@@ -229,6 +229,28 @@ def test_a_worker_that_cannot_start_fails_the_run_not_the_images(inputs, tmp_pat
     assert time.monotonic() - t < 60
 
 
+def _embed_with_worker_processes(paths):
+    bb = featx.get_backbone("mobilenet_v2", weights=None, input_size=32)
+    emb = Embedder(bb, batch_size=4, progress=False, pool="processes", workers=2)
+    return emb.embed(paths), emb.stats["pool"]
+
+
+def test_worker_processes_start_from_a_process_made_by_spawn(inputs):
+    # The pool starts interpreters itself (no multiprocessing), so a process started
+    # with the spawn method (no fork, a fresh __main__) runs one like any other.
+    import concurrent.futures
+    import multiprocessing
+
+    paths = inputs[:6]
+    expected, _ = _embed_with_worker_processes(paths)
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as child:
+        X, pool = child.submit(_embed_with_worker_processes, paths).result(
+            timeout=CHILD_TIMEOUT_S)
+    assert pool == "processes"
+    np.testing.assert_allclose(X, expected, atol=1e-6)
+
+
 DECOY_CHILD = textwrap.dedent("""
     import sys
     from featx.engine import DecodePool

@@ -58,6 +58,21 @@ def reference(images):
     return dict(zip(images, X)), bb.fingerprint
 
 
+def test_decode_worker_processes_run_inside_a_dask_worker(client, images, reference):
+    # A Dask worker is a daemonic process, which multiprocessing may not give
+    # children; the decode pool starts its interpreters itself, so it may.
+    ref, _ = reference
+
+    def embed(paths):
+        bb = featx.get_backbone(**SPEC)
+        emb = featx.Embedder(bb, batch_size=8, progress=False, pool="processes", workers=2)
+        return emb.embed(paths), emb.stats["pool"], os.getpid()
+
+    X, pool, pid = client.submit(embed, images[:12], pure=False).result(timeout=180)
+    assert pool == "processes" and pid != os.getpid()
+    np.testing.assert_allclose(X, np.stack([ref[p] for p in images[:12]]), atol=1e-5)
+
+
 def _shard_tasks(stream):
     return [t for t in stream.data if str(t["key"]).startswith(fxd.SHARD_TASK_PREFIX)]
 
