@@ -365,6 +365,7 @@ def test_encoded_bytes_reach_workers_through_their_slot_frames_sized_to_fit(
         assert set(sent) == {"piped"} and set(map(len, frames)) == {1}
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to see a file's folder")
 def test_a_full_shared_memory_folder_moves_the_slot_to_the_temporary_folder(
         inputs, monkeypatch):
     # Writing through a mapping into a full tmpfs is a SIGBUS, not an error: the slot's
