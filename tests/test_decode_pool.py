@@ -413,11 +413,11 @@ def test_a_file_decoded_by_path_must_still_have_the_content_that_was_keyed(input
     assert "moving.jpg" in str(changed.error) and "changed while" in str(changed.error)
 
 
-@pytest.mark.parametrize("reread_bytes", [None, 0], ids=["bytes-in-slot", "files-reread"])
+@pytest.mark.parametrize("slot_bytes", [None, 0], ids=["bytes-in-slot", "files-reread"])
 def test_threads_and_processes_give_the_same_vectors_order_failures_and_counts(
-        tmp_path, monkeypatch, reread_bytes):
-    if reread_bytes is not None:  # every file re-read by its worker, not only large ones
-        monkeypatch.setattr(featx.engine._embedder, "_REREAD_BYTES", reread_bytes)
+        tmp_path, monkeypatch, slot_bytes):
+    if slot_bytes is not None:  # every file re-read by its worker, not only large ones
+        monkeypatch.setattr(featx.engine._decode, "INPUT_SLOT_BYTES", slot_bytes)
     bb = featx.get_backbone("mobilenet_v2", weights=None, input_size=32)
     paths = make_jpegs(tmp_path / "imgs", 12, size=(50, 37))
     broken = tmp_path / "broken.jpg"

@@ -194,14 +194,17 @@ class DecodePool:
         futures = [self.submit(s, name) for s, name in zip(sources, names)]
         return (self.result(f) for f in futures)
 
-    def submit(self, source, name: Optional[str] = None, key: Optional[bytes] = None) -> Future:
+    def submit(self, source, name: Optional[str] = None, key: Optional[bytes] = None,
+               data: Optional[bytes] = None) -> Future:
         """Queue one decode at once; a :class:`~concurrent.futures.Future` of its
         :class:`DecodeResult` (read it with :meth:`result`).
 
         ``key``, for a file source: the content key (:func:`~featx.images.source_key`)
-        its bytes had when the caller read them. The file is read again where it is
-        decoded — a worker process reads it itself instead of receiving the bytes
-        through its pipe — and an image whose bytes no longer match fails with an
+        its bytes had when the caller read them, and ``data`` those bytes if the caller
+        still holds them. The image decoded is exactly what was keyed: ``data`` where
+        it can be handed over (to a thread; to a worker process through its shared
+        slot, up to :data:`INPUT_SLOT_BYTES`), else the file, read again where it is
+        decoded, and an image whose bytes no longer match fails with an
         :class:`~featx.errors.ImageDecodeError` instead of being decoded.
         """
         if name is None and isinstance(source, Source):
@@ -209,12 +212,15 @@ class DecodePool:
         payload = _payload(source)
         if key is not None and not isinstance(payload, str):
             raise InvalidParameterError("key= is for file sources (a path) only")
+        if data is not None and (self.kind == "threads" or len(data) <= INPUT_SLOT_BYTES):
+            source, key = data, None  # the very bytes that were keyed
+        elif key is not None:
+            source = payload  # too large for the slot: the worker reads and checks the file
         if self.kind == "threads":
-            return self._threads.submit(decode_one, payload if key is not None else source,
-                                        self.size, self.policy, name, key)
+            return self._threads.submit(decode_one, source, self.size, self.policy, name, key)
         if self._procs is None:
             self._procs = _ProcessDecoders(self.workers, self.size[0] * self.size[1] * 3)
-        return self._procs.submit((payload, self.size, self.policy, name, key))
+        return self._procs.submit((_payload(source), self.size, self.policy, name, key))
 
     def submit_io(self, fn: Callable[[Any], Any], item) -> Future:
         """``fn(item)`` on the pool's threads (reads, hashes: they release the GIL)."""
@@ -388,7 +394,7 @@ class _ProcessDecoders:
                 return [], None
         frame, left = [first], None
         share = min(FRAME_IMAGES, max(1, -(-(self.jobs.qsize() + 1) // self.n)))
-        room = INPUT_SLOT_BYTES - _encoded_bytes(first[0])
+        room = INPUT_SLOT_BYTES - _encoded_bytes(first[0][0])
         while len(frame) < share:
             try:
                 item = self.jobs.get_nowait()
@@ -397,7 +403,7 @@ class _ProcessDecoders:
             if item is _WAKE:  # another feeder's: hand it on
                 self.jobs.put(_WAKE)
                 break
-            room -= _encoded_bytes(item[0])
+            room -= _encoded_bytes(item[0][0])
             if room < 0:  # its bytes would not fit the slot: it starts the next frame
                 left = item
                 break
@@ -500,9 +506,9 @@ class _ProcessDecoders:
                 _stop(proc)
 
 
-def _encoded_bytes(job) -> int:
-    """Bytes ``job``'s source takes in the shared slot (a path or an array: none)."""
-    return len(job[0]) if isinstance(job[0], (bytes, bytearray)) else 0
+def _encoded_bytes(payload) -> int:
+    """Bytes a job's payload takes in the shared slot (a path or an array: none)."""
+    return len(payload) if isinstance(payload, (bytes, bytearray)) else 0
 
 
 def _inputs_to_slot(jobs, slot, start: int) -> list:
@@ -511,7 +517,7 @@ def _inputs_to_slot(jobs, slot, start: int) -> list:
     The jobs themselves are left alone: a frame retried on a new worker is copied again."""
     sent, offset = [], start
     for source, *rest in jobs:
-        n = _encoded_bytes((source,))
+        n = _encoded_bytes(source)
         if n and offset + n <= len(slot):
             slot[offset:offset + n] = source
             source, offset = ("slot", offset, n), offset + n

@@ -20,7 +20,7 @@ from ..backbones import Backbone, get_backbone
 from ..errors import EmbedInterrupted, FeatxError, InvalidParameterError
 from ..images import RESIZE_POLICIES, Source, as_sources
 from ..store import EmbeddingStore
-from ._decode import INPUT_SLOT_BYTES, POOLS, DecodePool, choose_pool, default_workers
+from ._decode import POOLS, DecodePool, choose_pool, default_workers
 from ._forward import DevicePixels, InFlight, PaddedForward, default_batch_size
 from ._gpu_decode import DECODERS, GPU_DECODER_ID, GpuJpegDecoder, resolve_decoder
 from ._runtime import RUNTIMES, resolve_runtime
@@ -31,10 +31,6 @@ from ._plan import plan
 __all__ = ["Embedder", "EmbedFailure", "ON_ERROR"]
 
 log = logging.getLogger("featx")
-
-#: Files larger than this are read again by a decode worker process (which checks their
-#: key) instead of being copied into its shared input slot, which they would not fit.
-_REREAD_BYTES = INPUT_SLOT_BYTES
 
 #: What to do with an image that cannot be read or decoded.
 ON_ERROR = ("raise", "skip")
@@ -613,17 +609,10 @@ class _Run:
                 fresh = self._route(group)
                 if self.gpu is not None:
                     fresh = self._decode_on_gpu(fresh, take_gpu, on_device=self.on_device)
-                by_path = self.pool.kind == "processes"
                 for key, (item, data) in fresh.items():
-                    if (by_path and data is not None and item.path is not None
-                            and len(data) > _REREAD_BYTES):
-                        # Too large for the worker's shared input slot: it re-reads the
-                        # file from the page cache and checks its key (no piping).
-                        future = self.pool.submit(item.path, item.describe(), key=key)
-                    else:
-                        future = self.pool.submit(data if data is not None else item,
-                                                  item.describe())
-                    decodes.append((key, future))
+                    # Read and keyed here: the pool decodes exactly those bytes.
+                    read = {} if data is None else dict(key=key, data=data)
+                    decodes.append((key, self.pool.submit(item, item.describe(), **read)))
             # Take decoded images that are ready; wait for the oldest only when too many
             # are in flight or nothing is left to read.
             while decodes and (not reads or len(decodes) > window or decodes[0][1].done()):

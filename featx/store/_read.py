@@ -26,8 +26,8 @@ class StoreReads:
 
     def _meta(self, g: h5py.Group) -> dict:
         # The fixed attributes of a group are read once per token (see read_meta).
-        meta = self._metas[g.name] = _layout.read_meta(g, self.path, self._metas.get(g.name))
-        return meta
+        self._metas[g.name] = _layout.read_meta(g, self.path, self._metas.get(g.name))
+        return self._metas[g.name]
 
     def _index(self, g: h5py.Group, fp: str, meta: dict) -> _KeyIndex:
         """The key index of ``fp``, brought up to the committed count (reads only new keys)."""
